@@ -1,0 +1,1 @@
+"""ml-collections ``get_config()`` files. Load with ``--config configs/<name>.py``."""

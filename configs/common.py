@@ -1,0 +1,24 @@
+"""Pieces shared by every run config: mesh and logical-axis rules, dtype policy."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vlm3r_jax.sharding import DEFAULT_RULES
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    """``mesh.shape`` maps (data, fsdp, tensor) to sizes (-1 = the remaining devices);
+    ``mesh.rules`` maps logical axis names to mesh axes (see vlm3r_jax/sharding.py)."""
+    c = ml_collections.ConfigDict()
+    c.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.rules = [(name, axes) for name, axes in DEFAULT_RULES]
+    return c
+
+
+def dtype_config(accelerator: bool = False) -> ml_collections.ConfigDict:
+    """Params in float32 (master weights); compute in bfloat16 on accelerators, float32 on CPU."""
+    c = ml_collections.ConfigDict()
+    c.param_dtype = "float32"
+    c.compute_dtype = "bfloat16" if accelerator else "float32"
+    return c

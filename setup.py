@@ -1,0 +1,46 @@
+"""vlm3r_jax: a JAX/Flax reimplementation of VLM-3R (arXiv 2505.20279)."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.4",
+    "grain>=0.2.18",
+    "ml-collections>=1.1.0",
+    "einops>=0.8",
+    "clu>=0.0.12",
+    "safetensors>=0.4",
+    "tokenizers>=0.19",
+    "av>=12",
+    "numpy>=1.26",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "pillow>=10",
+]
+
+EXTRAS = {
+    # torch is pinned exactly: an unpinned requirement pulls a multi-GB CUDA build.
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "ruff>=0.6",
+        "transformers>=4.45",
+        "torch==2.13.0",
+    ],
+    "gpu": ["jax[cuda12]>=0.10.2"],
+    "tpu": ["jax[tpu]>=0.10.2"],
+}
+
+setup(
+    name="vlm3r_jax",
+    version="0.1.0",
+    description="VLM-3R (vision-language model with instruction-aligned 3D reconstruction) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["vlm3r_jax*", "data_pipeline*", "configs*", "launch*"]),
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,56 @@
+"""The notebook-facing API (a contract: see docs/architecture.md, "Public API").
+
+Each loader returns a small handle object that owns the parameters and jitted functions.
+Imports are lazy so ``from vlm3r_jax import api`` stays cheap and each network only
+pulls in what it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_qwen2(hf_dir: str, dtype: str = "float32") -> Any:
+    """Loads a Hugging Face Qwen2 directory (config.json + safetensors [+ index]).
+
+    Returns a :class:`vlm3r_jax.infer.qwen2_lm.Qwen2LM` with ``.logits(input_ids)`` and
+    ``.generate(input_ids, max_new_tokens=n)``.
+    """
+    from vlm3r_jax.infer.qwen2_lm import Qwen2LM
+
+    return Qwen2LM.from_pretrained(hf_dir, dtype=dtype)
+
+
+def load_siglip_vision(hf_dir: str, dtype: str = "float32") -> Any:
+    """Loads a HF SigLIP directory (SiglipVisionModel or full SiglipModel weights).
+
+    Returns a :class:`vlm3r_jax.infer.siglip_vision.SiglipVision` with ``.hidden_states(pixels)``
+    and ``.features(pixels)``.
+    """
+    from vlm3r_jax.infer.siglip_vision import SiglipVision
+
+    return SiglipVision.from_pretrained(hf_dir, dtype=dtype)
+
+
+def load_cut3r(path: str, dtype: str = "float32") -> Any:
+    """Loads CUT3R from a dir with config.json + model.safetensors, or an original ``.pth``.
+
+    Returns a :class:`vlm3r_jax.infer.cut3r_geometry.Cut3rGeometry` with ``.stream(frames)``
+    and ``.tokens(frames)``.
+    """
+    from vlm3r_jax.infer.cut3r_geometry import Cut3rGeometry
+
+    return Cut3rGeometry.from_pretrained(path, dtype=dtype)
+
+
+def load_vlm3r(path: str, base: str | None = None, geometry: str | None = None, **kwargs: Any) -> Any:
+    """Loads a VLM-3R model: a checkpoint written by our trainer, or a released-format LoRA dir
+    (adapter + non_lora_trainables.bin + config.json) with ``base`` = the LLaVA-Video-Qwen2 base
+    dir and ``geometry`` = the CUT3R ``.pth``.
+
+    Returns a :class:`vlm3r_jax.infer.vlm3r_model.VLM3RModel` with ``.answer``, ``.logits``,
+    ``.chat`` and ``.stream``.
+    """
+    from vlm3r_jax.infer.vlm3r_model import VLM3RModel
+
+    return VLM3RModel.from_pretrained(path, base=base, geometry=geometry, **kwargs)

@@ -1,0 +1,147 @@
+"""Fill a model's parameters from a :class:`TensorSource` through a name map.
+
+A converter describes, for every parameter path of our model (``"layers.0.attn.q.kernel"``),
+which source tensor(s) it comes from and how to transform them (:class:`Src`). This module
+does the rest once for every network: streaming one tensor at a time into the target dtype
+and sharding, and collecting every missing, mis-shaped and unexpected tensor into a single
+:class:`CheckpointError` that names the files involved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.sources import TensorSource
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def transpose(x: np.ndarray) -> np.ndarray:
+    """PyTorch Linear ``[out, in]`` -> our kernel ``[in, out]``."""
+    return np.swapaxes(x, -1, -2)
+
+
+def conv_oihw_to_hwio(x: np.ndarray) -> np.ndarray:
+    """PyTorch Conv2d ``[out, in, kh, kw]`` -> JAX ``[kh, kw, in, out]``."""
+    return np.transpose(x, (2, 3, 1, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Src:
+    """Where one parameter comes from: source key(s) and a transform applied to the array(s)."""
+
+    keys: str | tuple[str, ...]
+    fn: Callable[..., np.ndarray] = identity
+
+    @property
+    def key_tuple(self) -> tuple[str, ...]:
+        return (self.keys,) if isinstance(self.keys, str) else tuple(self.keys)
+
+
+def path_str(path: Sequence[Any]) -> str:
+    """``('layers', 0, 'attn', 'kernel')`` -> ``"layers.0.attn.kernel"``."""
+    parts = []
+    for p in path:
+        p = getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))
+        parts.append(str(p))
+    return ".".join(parts)
+
+
+def flat_variables(state: Any) -> dict[str, nnx.Variable]:
+    """Flattens an ``nnx.State`` into ``{dotted path: Variable}``."""
+    leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+    return {path_str(p): v for p, v in leaves if isinstance(v, nnx.Variable)}
+
+
+def flat_arrays(state: Any) -> dict[str, np.ndarray]:
+    """``{dotted path: numpy array}`` of a concrete state (for export and tests)."""
+    return {k: np.asarray(v.get_value()) for k, v in flat_variables(state).items()}
+
+
+def load_state(
+    state: Any,
+    source: TensorSource,
+    mapping: Mapping[str, Src],
+    *,
+    ignore: Sequence[str] = (),
+    dtype: Any = None,
+    shardings: Any = None,
+    what: str = "checkpoint",
+) -> Any:
+    """Returns ``state`` (abstract or concrete ``nnx.State``) with every variable loaded.
+
+    ``mapping`` must cover every variable path of ``state``. ``ignore`` holds regexes of source
+    keys that may be present but are not used. ``dtype`` casts floating-point parameters
+    (default: the target variable's dtype). ``shardings`` (same structure as ``state``'s values,
+    e.g. from :func:`vlm3r_jax.sharding.state_shardings`) places each tensor as it is loaded.
+    """
+    targets = flat_variables(state)
+    unmapped = sorted(set(targets) - set(mapping))
+    if unmapped:
+        raise CheckpointError(f"internal: no source rule for parameters {unmapped[:10]} ({what})")
+    shard_flat = flat_variables(shardings) if shardings is not None else {}
+    present = set(source.keys())
+    consumed: set[str] = set()
+    missing: list[str] = []
+    bad_shape: list[str] = []
+    loaded: dict[str, Any] = {}
+    for path, var in targets.items():
+        rule = mapping[path]
+        keys = rule.key_tuple
+        absent = [k for k in keys if k not in present]
+        if absent:
+            missing.extend(absent)
+            continue
+        consumed.update(keys)
+        arr = rule.fn(*[source.get(k) for k in keys])
+        target = var.get_value()
+        want = tuple(target.shape)
+        if tuple(arr.shape) != want:
+            shapes = ", ".join(f"{k} {list(source.shape(k))}" for k in keys)
+            bad_shape.append(f"{path}: expected {list(want)}, checkpoint has {shapes} (in {source.where(keys[0])})")
+            continue
+        tdtype = target.dtype
+        if dtype is not None and jnp.issubdtype(tdtype, jnp.floating):
+            tdtype = jnp.dtype(dtype)
+        host = np.asarray(arr).astype(tdtype, copy=False)
+        sh = shard_flat.get(path)
+        sh = sh.get_value() if isinstance(sh, nnx.Variable) else sh
+        loaded[path] = jax.device_put(host, sh) if sh is not None else jnp.asarray(host)
+    patterns = [re.compile(p) for p in ignore]
+    unexpected = sorted(k for k in present - consumed if not any(p.fullmatch(k) for p in patterns))
+    problems = []
+    if missing:
+        problems.append(
+            f"missing tensors ({len(missing)}): {sorted(set(missing))[:20]}"
+            + (" ..." if len(set(missing)) > 20 else "")
+        )
+    if bad_shape:
+        problems.append("mis-shaped tensors:\n  " + "\n  ".join(bad_shape[:20]))
+    if unexpected:
+        problems.append(
+            f"unexpected tensors ({len(unexpected)}): {unexpected[:20]}" + (" ..." if len(unexpected) > 20 else "")
+        )
+    if problems:
+        raise CheckpointError(
+            f"{what} at {source.where()} does not match the model config:\n"
+            + "\n".join(problems)
+            + "\nCheck that config.json belongs to these weights and that the files are complete."
+        )
+
+    def put(p, v):
+        if isinstance(v, nnx.Variable):
+            return v.replace(loaded[path_str(p)])
+        return v
+
+    return jax.tree_util.tree_map_with_path(put, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -1,0 +1,1 @@
+"""VSI-Bench and VSTI-Bench scoring."""

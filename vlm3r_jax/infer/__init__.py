@@ -1,0 +1,1 @@
+"""Inference handles (what :mod:`vlm3r_jax.api` returns), samplers and streaming mode."""

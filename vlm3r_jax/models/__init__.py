@@ -1,0 +1,1 @@
+"""Pure Flax NNX networks, one per file; every parameter carries ``logical_axes`` metadata."""

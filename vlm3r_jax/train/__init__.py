@@ -1,0 +1,1 @@
+"""Train state, step, loop, optimizer, Orbax checkpointing and clu metrics."""
