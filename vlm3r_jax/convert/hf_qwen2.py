@@ -35,6 +35,16 @@ from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
 from vlm3r_jax.convert.sources import PrefixSource, TensorSource
 from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
 
+# Non-LLM tensors of a LLaVA-Qwen / VLM-3R base directory (load its Qwen2 with ignore=this).
+LLAVA_QWEN_IGNORE: tuple[str, ...] = (
+    r"model\.vision_tower\..*",
+    r"model\.vision_resampler\..*",
+    r"model\.mm_projector\..*",
+    r"model\.image_newline",
+    r"model\.spatial_tower\..*",
+    r"model\.fusion_block\..*",
+)
+
 # (our suffix, HF suffix, is a kernel to transpose) per decoder layer
 _LAYER_MAP: tuple[tuple[str, str, bool], ...] = (
     ("input_norm.scale", "input_layernorm.weight", False),

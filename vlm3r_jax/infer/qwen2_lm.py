@@ -65,8 +65,7 @@ class Qwen2LM:
         self.state = state
         self.mesh = mesh
         self.rules = tuple(rules) if rules is not None else sharding.DEFAULT_RULES
-        self._step_fn, self._embed_fn = qwen2_step_fns(graphdef)
-        self._logits = jax.jit(self._logits_impl)
+        self._step_fn, self._embed_fn = _step_fns_cached(graphdef)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -117,11 +116,6 @@ class Qwen2LM:
             return jnp.asarray(x)
         return sharding.shard_batch(x, self.mesh, self.rules)
 
-    def _logits_impl(self, state, ids, mask):
-        model = nnx.merge(self.graphdef, state)
-        logits, _ = model(ids, attention_mask=mask)
-        return logits.astype(jnp.float32)
-
     # -- public API ---------------------------------------------------------------------------
     def logits(self, input_ids: Any, attention_mask: Any = None) -> np.ndarray:
         """input_ids int [B, T] (optional attention_mask [B, T], 1 = real) -> float32 [B, T, vocab].
@@ -131,7 +125,7 @@ class Qwen2LM:
         if mask is not None and mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {list(mask.shape)} != input_ids shape {list(ids.shape)}")
         with self._ctx():
-            out = self._logits(self.state, self._put(ids), None if mask is None else self._put(mask))
+            out = _logits_fn(self.graphdef, self.state, self._put(ids), None if mask is None else self._put(mask))
         return np.asarray(out)
 
     def generate(
@@ -162,24 +156,34 @@ class Qwen2LM:
         else:
             eos = tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else (int(eos_token_id),)
         cfg = sampling.SamplingConfig(
-            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-            top_k=int(top_k), eos_ids=eos,
+            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p), top_k=int(top_k)
         )
-        out = self._generate(self._put(ids), self._put(mask), cfg, t + int(max_new_tokens), seed)
+        stop, pad = sampling.stop_ids_array(eos)
+        with self._ctx():
+            out = _generate_ids(
+                self._step_fn, self._embed_fn, self.graphdef, self.state, self._put(ids), self._put(mask),
+                jax.random.key(seed), stop, pad, cfg=cfg, cache_len=t + int(max_new_tokens),
+            )
         return np.concatenate([ids, np.asarray(out.tokens)], axis=1)
 
-    def _generate(self, ids: jax.Array, mask: jax.Array, cfg: sampling.SamplingConfig, cache_len: int, seed: int):
-        with self._ctx():
-            return _generate_ids(
-                self._step_fn, self._embed_fn, self.graphdef, self.state, ids, mask, jax.random.key(seed),
-                cfg=cfg, cache_len=cache_len,
-            )
+
+@functools.lru_cache(maxsize=64)
+def _step_fns_cached(graphdef: nnx.GraphDef) -> tuple[sampling.StepFn, sampling.EmbedFn]:
+    # Same function objects for equal graphdefs, so every handle of one architecture shares
+    # the generate compilation cache.
+    return qwen2_step_fns(graphdef)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _logits_fn(graphdef, state, ids, mask):
+    logits, _ = nnx.merge(graphdef, state)(ids, attention_mask=mask)
+    return logits.astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn", "embed_fn", "graphdef", "cfg", "cache_len"))
-def _generate_ids(step_fn, embed_fn, graphdef, state, ids, mask, rng, *, cfg, cache_len):
+def _generate_ids(step_fn, embed_fn, graphdef, state, ids, mask, rng, stop, pad, *, cfg, cache_len):
     # The cache is created inside the jit so XLA allocates it in place (no host round trip).
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(ids.shape[0], cache_len)
     embeds = model.embed_tokens(ids)
-    return sampling.generate(step_fn, embed_fn, state, cache, embeds, mask, rng, config=cfg)
+    return sampling.generate(step_fn, embed_fn, state, cache, embeds, mask, rng, stop, pad, config=cfg)

@@ -14,7 +14,7 @@ multimodal model (VLM-3R) splices its video features into ``inputs_embeds`` and 
 unchanged. :func:`generate` is jitted once per (step_fn, embed_fn, SamplingConfig, shapes); keep
 the same function objects across calls to hit the compilation cache.
 
-Rows that emit an eos id are finished: every later token of that row is ``pad_id`` (default:
+Rows that emit a stop id are finished: every later token of that row is ``pad_id`` (usually
 the first eos id). The loop exits early once every row is finished.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -38,15 +38,14 @@ class SamplingConfig:
 
     ``temperature == 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``,
     restricted to the ``top_k`` best (0 = all) and to the smallest set whose probability mass
-    reaches ``top_p`` (nucleus sampling; 1.0 = all), and sampled.
+    reaches ``top_p`` (nucleus sampling; 1.0 = all), and sampled. Stop ids and the pad id are
+    traced arguments of :func:`generate` so changing them does not recompile.
     """
 
     max_new_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
-    eos_ids: tuple[int, ...] = ()
-    pad_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -55,19 +54,27 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        object.__setattr__(self, "eos_ids", tuple(int(i) for i in self.eos_ids))
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
 
-    @property
-    def fill_id(self) -> int:
-        if self.pad_id is not None:
-            return int(self.pad_id)
-        return self.eos_ids[0] if self.eos_ids else 0
+
+def stop_ids_array(eos_ids: Sequence[int] | int | None) -> tuple[jax.Array, jax.Array]:
+    """Host helper: eos id(s) -> (stop_ids int32 [E] (``[-1]`` = never stop), pad_id int32 []:
+    the first eos id, or 0 without one)."""
+    if eos_ids is None:
+        ids: tuple[int, ...] = ()
+    elif isinstance(eos_ids, int):
+        ids = (eos_ids,)
+    else:
+        ids = tuple(int(i) for i in eos_ids)
+    stop = jnp.asarray(ids or (-1,), jnp.int32)
+    return stop, jnp.int32(ids[0] if ids else 0)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SampleOutput:
-    tokens: jax.Array  # int32 [B, max_new_tokens]; after a row's eos: fill_id
+    tokens: jax.Array  # int32 [B, max_new_tokens]; after a row's eos: pad_id
     num_tokens: jax.Array  # int32 [B]: tokens generated per row, counting its eos
     done: jax.Array  # bool [B]: the row emitted an eos
 
@@ -102,6 +109,8 @@ def generate(
     inputs_embeds: jax.Array,
     attention_mask: jax.Array,
     rng: jax.Array,
+    stop_ids: jax.Array,
+    pad_id: jax.Array,
     *,
     config: SamplingConfig,
 ) -> SampleOutput:
@@ -109,13 +118,15 @@ def generate(
     ``inputs_embeds`` [B, T, D] / ``attention_mask`` [B, T] (left padding recommended: then every
     row's prompt ends at the same slot), then samples ``config.max_new_tokens`` tokens.
 
-    ``rng`` is a ``jax.random.key``; the result is a deterministic function of it.
+    ``rng`` is a ``jax.random.key``; the result is a deterministic function of it. ``stop_ids``
+    int32 [E]: a row finishes when it emits any of them (use ``[-1]`` to never stop); ``pad_id``
+    int32 []: what finished rows emit afterwards (see :func:`stop_ids_array`).
     Returns :class:`SampleOutput`.
     """
     b = inputs_embeds.shape[0]
     n = config.max_new_tokens
-    eos = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
-    fill = jnp.int32(config.fill_id)
+    eos = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
+    fill = jnp.asarray(pad_id, jnp.int32)
 
     def pick(logits, key, done):
         tok = sample_logits(logits, key, config)
