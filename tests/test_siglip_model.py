@@ -139,3 +139,12 @@ def test_bfloat16_runs(ckpt):
     got = vt.features(x.astype(jnp.bfloat16))
     assert got.dtype == jnp.bfloat16
     assert np.abs(np.asarray(got, np.float32) - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_api_facade(ckpt):
+    from vlm3r_jax import api
+
+    vt = api.load_siglip_vision(ckpt[0])
+    hs = vt.hidden_states(np.zeros((1, 28, 28, 3), np.float32))
+    assert len(hs) == 3 and hs[0].shape == (1, 16, 12)
+    assert vt.features(np.zeros((1, 28, 28, 3), np.float32)).shape == (1, 16, 12)
