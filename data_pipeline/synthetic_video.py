@@ -87,3 +87,21 @@ def write_barcode_frames_dir(path: str, num_frames: int, size: tuple[int, int] =
 
 def decoded_indices(frames: Sequence[np.ndarray] | np.ndarray) -> list[int]:
     return [read_barcode(np.asarray(f)) for f in frames]
+
+
+def write_zero_frame_video(path: str, size: tuple[int, int] = (96, 128)) -> str:
+    """A valid MP4 container with a video stream that holds no frames."""
+    with av.open(path, mode="w") as c:
+        s = c.add_stream("mpeg4", rate=30)
+        s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
+        c.start_encoding()  # writes the header; no frame is ever encoded
+    return path
+
+
+def write_truncated_video(src: str, dst: str, keep: float = 0.5) -> str:
+    """The first ``keep`` fraction of the bytes of ``src`` (a download cut short)."""
+    with open(src, "rb") as f:
+        data = f.read()
+    with open(dst, "wb") as f:
+        f.write(data[: int(len(data) * keep)])
+    return dst
