@@ -25,26 +25,30 @@ class ViewConfig:
     geometry_size: int | None = 432
 
 
-def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # PyTorch's half-pixel source coordinate, clamped at 0 (align_corners=False).
-    scale = n_in / n_out
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # PyTorch's half-pixel source coordinate in float32, clamped at 0 (align_corners=False).
+    # PyTorch: float32 scale, ``scale * (i + 0.5) - 0.5`` evaluated in double, stored as float32.
+    scale = np.float64(np.float32(n_in) / np.float32(n_out))
+    src = np.maximum(scale * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5, 0.0).astype(np.float32)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = (src - i0).astype(np.float32)
-    return i0, i1, lam
+    lam1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+    return i0, i1, np.float32(1) - lam1, lam1
 
 
 def resize_bilinear_np(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """float [N, H, W, C] -> float32 [N, h, w, C]; PyTorch bilinear, align_corners=False, no antialias."""
+    """float [N, H, W, C] -> float32 [N, h, w, C]; PyTorch bilinear, align_corners=False, no antialias
+    (float32 weights, width first then height, as PyTorch's CPU kernel)."""
     x = np.asarray(x, np.float32)
     h, w = size
     if x.shape[1:3] == (h, w):
         return x
-    r0, r1, ry = _axis_weights(x.shape[1], h)
-    c0, c1, cx = _axis_weights(x.shape[2], w)
-    rows = x[:, r0] * (1 - ry)[None, :, None, None] + x[:, r1] * ry[None, :, None, None]
-    return rows[:, :, c0] * (1 - cx)[None, None, :, None] + rows[:, :, c1] * cx[None, None, :, None]
+    r0, r1, ry0, ry1 = _axis_weights(x.shape[1], h)
+    c0, c1, cx0, cx1 = _axis_weights(x.shape[2], w)
+    cx0, cx1 = cx0[None, None, :, None], cx1[None, None, :, None]
+    top = x[:, r0][:, :, c0] * cx0 + x[:, r0][:, :, c1] * cx1
+    bot = x[:, r1][:, :, c0] * cx0 + x[:, r1][:, :, c1] * cx1
+    return top * ry0[None, :, None, None] + bot * ry1[None, :, None, None]
 
 
 def siglip_view(frames: np.ndarray, cfg: ViewConfig = ViewConfig()) -> np.ndarray:
