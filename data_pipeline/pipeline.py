@@ -405,8 +405,15 @@ class VideoBatchIterator(grain_dataset.DatasetIterator):
             self._it.start_prefetch()
 
     def close(self) -> None:
+        """Stops the worker processes (also done at garbage collection, but not reliably)."""
         if hasattr(self._it, "close"):
             self._it.close()
+
+    def __enter__(self) -> VideoBatchIterator:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def make_iterator(
@@ -437,3 +444,15 @@ def to_global_batch(batch: Mapping[str, Any], mesh: jax.sharding.Mesh, rules: An
         else:
             out[k] = v
     return out
+
+
+# --- Orbax ---------------------------------------------------------------------------------------
+def checkpoint_save_args(iterator: VideoBatchIterator) -> Any:
+    """Orbax args that save the iterator state (grain's JSON handler; one file per process):
+    ``mngr.save(step, args=ocp.args.Composite(state=..., data=checkpoint_save_args(it)))``."""
+    return grain.checkpoint.CheckpointSave(iterator)
+
+
+def checkpoint_restore_args(iterator: VideoBatchIterator) -> Any:
+    """Orbax args that restore into a freshly built iterator of the same pipeline config."""
+    return grain.checkpoint.CheckpointRestore(iterator)
