@@ -13,21 +13,21 @@ import pytest
 from test_tokenizer import build_small_tokenizer
 
 from data_pipeline.chat_template import IGNORE_INDEX
+from data_pipeline.image_preprocess import siglip_preprocess_np
 from data_pipeline.pipeline import (
     PipelineConfig,
-    checkpoint_restore_args,
     checkpoint_save_args,
     make_iterator,
     to_global_batch,
 )
 from data_pipeline.sources import BadRecordError, LlavaJsonSource, VsiBenchSource, VstiBenchSource, make_source
 from data_pipeline.synthetic_video import (
-    decoded_indices,
     write_barcode_video,
     write_truncated_video,
     write_zero_frame_video,
 )
 from data_pipeline.tokenizer import QwenTokenizer
+from data_pipeline.video import load_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_frames=4, siglip_size=32, geometry_size=36, length_buckets=(48, 64, 128, 256),
@@ -158,6 +158,8 @@ def test_batch_layout_buckets_and_frames(data):
             # the SigLIP view holds the sampled frames: compare with the source video's frames
             total = 9 + 5 * int(b["id"][r][1:])
             np.testing.assert_array_equal(b["frame_indices"][r], np.linspace(0, total - 1, 4).astype(int))
+            video = load_video(os.path.join(data["root"], f"videos/scene{b['id'][r][1:]}.mp4"), 4)
+            np.testing.assert_array_equal(b["frames"][r], siglip_preprocess_np(video.frames, 32))
     assert len(shapes) >= 2  # rows really spread over buckets
 
 
@@ -235,6 +237,7 @@ CHILD = textwrap.dedent("""
     from data_pipeline.pipeline import PipelineConfig, make_iterator, checkpoint_restore_args
     from data_pipeline.sources import LlavaJsonSource
     from data_pipeline.tokenizer import QwenTokenizer
+from data_pipeline.video import load_video
 
     def digest(batch):
         h = hashlib.sha256()
