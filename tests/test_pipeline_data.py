@@ -237,7 +237,6 @@ CHILD = textwrap.dedent("""
     from data_pipeline.pipeline import PipelineConfig, make_iterator, checkpoint_restore_args
     from data_pipeline.sources import LlavaJsonSource
     from data_pipeline.tokenizer import QwenTokenizer
-from data_pipeline.video import load_video
 
     def digest(batch):
         h = hashlib.sha256()
