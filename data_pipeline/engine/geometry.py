@@ -1,0 +1,126 @@
+"""Exact geometry on oriented 3D boxes (the official engine samples points on a 5 cm grid
+with open3d; we compute the same quantities exactly, without open3d).
+
+Box convention (official metadata): ``normalizedAxes`` is open3d's ``R.T`` flattened, i.e.
+its rows are the box's unit axes in world; ``axesLengths[i]`` is the full length along axis i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_SIGNS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)  # [8, 3]
+# the 12 edges as corner-index pairs (corners differ in exactly one sign)
+_EDGES = np.array([(i, j) for i in range(8) for j in range(i + 1, 8) if np.sum(_SIGNS[i] != _SIGNS[j]) == 1])
+
+
+@dataclass(frozen=True)
+class Box:
+    """Oriented box: ``center`` [3], ``axes`` [3, 3] (rows = unit axes), ``lengths`` [3]."""
+
+    center: np.ndarray
+    axes: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def half(self) -> np.ndarray:
+        return self.lengths / 2
+
+    def corners(self) -> np.ndarray:
+        """[8, 3] world corners."""
+        return self.center + (_SIGNS * self.half) @ self.axes
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Edge endpoints ``([12, 3], [12, 3])``."""
+        c = self.corners()
+        return c[_EDGES[:, 0]], c[_EDGES[:, 1]]
+
+
+def point_box_distance(points: np.ndarray, box: Box) -> np.ndarray:
+    """Euclidean distance from points ``[N, 3]`` to the solid box (0 inside) -> ``[N]``."""
+    local = (np.atleast_2d(points) - box.center) @ box.axes.T
+    excess = np.maximum(np.abs(local) - box.half, 0.0)
+    return np.linalg.norm(excess, axis=-1)
+
+
+def _segment_segment(p1, q1, p2, q2) -> np.ndarray:
+    """Closest distance between segment pairs ``[M, 3]`` (Ericson, Real-Time Collision Detection 5.1.9)."""
+    d1, d2, r = q1 - p1, q2 - p2, p1 - p2
+    a = np.einsum("ij,ij->i", d1, d1)
+    e = np.einsum("ij,ij->i", d2, d2)
+    f = np.einsum("ij,ij->i", d2, r)
+    c = np.einsum("ij,ij->i", d1, r)
+    b = np.einsum("ij,ij->i", d1, d2)
+    denom = a * e - b * b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(denom > 1e-12, np.clip((b * f - c * e) / denom, 0, 1), 0.0)
+        t = (b * s + f) / e
+        s = np.where(t < 0, np.clip(-c / a, 0, 1), np.where(t > 1, np.clip((b - c) / a, 0, 1), s))
+    t = np.clip(t, 0, 1)
+    diff = (p1 + d1 * s[:, None]) - (p2 + d2 * t[:, None])
+    return np.linalg.norm(diff, axis=-1)
+
+
+def boxes_intersect(a: Box, b: Box) -> bool:
+    """Separating-axis test (15 axes) for two solid oriented boxes."""
+    axes = [*a.axes, *b.axes]
+    for u in a.axes:
+        for v in b.axes:
+            w = np.cross(u, v)
+            n = np.linalg.norm(w)
+            if n > 1e-9:
+                axes.append(w / n)
+    t = b.center - a.center
+    for L in axes:
+        ra = np.sum(a.half * np.abs(a.axes @ L))
+        rb = np.sum(b.half * np.abs(b.axes @ L))
+        if abs(t @ L) > ra + rb + 1e-12:
+            return False
+    return True
+
+
+def box_box_distance(a: Box, b: Box) -> float:
+    """Exact minimum distance between two solid oriented boxes (0 when they touch/overlap).
+
+    For disjoint convex polytopes the closest pair is vertex-face, face-vertex or edge-edge;
+    point-to-box distance covers the first two exactly and segment-segment the third.
+    """
+    if boxes_intersect(a, b):
+        return 0.0
+    d = min(point_box_distance(a.corners(), b).min(), point_box_distance(b.corners(), a).min())
+    pa, qa = a.edges()
+    pb, qb = b.edges()
+    ia, ib = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    ia, ib = ia.reshape(-1), ib.reshape(-1)
+    d = min(d, _segment_segment(pa[ia], qa[ia], pb[ib], qb[ib]).min())
+    return float(d)
+
+
+def category_distance(boxes_a: list[Box], boxes_b: list[Box]) -> float:
+    """Min distance between any instance of two categories (the official rule for categories
+    with several instances: "measure to the closest")."""
+    return min(box_box_distance(x, y) for x in boxes_a for y in boxes_b)
+
+
+def ccw_angle_deg(forward_xy: np.ndarray, vecs_xy: np.ndarray) -> np.ndarray:
+    """Angle in [0, 360) from ``forward_xy`` [2] to each of ``vecs_xy`` [N, 2], counter-clockwise
+    seen from above (+z up), so (0, 90) is front-left, (270, 360) front-right."""
+    f = np.arctan2(forward_xy[1], forward_xy[0])
+    v = np.arctan2(vecs_xy[:, 1], vecs_xy[:, 0])
+    return np.degrees(v - f) % 360.0
+
+
+def camera_center(pose_c2w: np.ndarray) -> np.ndarray:
+    """Camera centre in world for a camera-to-world matrix: the translation column.
+
+    (``-R.T @ t`` would be the centre for a *world-to-camera* matrix; see docs/data_engine.md.)
+    """
+    return np.asarray(pose_c2w, float)[:3, 3].copy()
+
+
+def world_to_camera(points: np.ndarray, pose_c2w: np.ndarray) -> np.ndarray:
+    """World points ``[N, 3]`` -> camera coordinates (OpenCV axes) for a camera-to-world pose."""
+    T = np.asarray(pose_c2w, float)
+    return (np.atleast_2d(points) - T[:3, 3]) @ T[:3, :3]
