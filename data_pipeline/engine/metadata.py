@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_pipeline.engine.geometry import Box
+from data_pipeline.engine.geometry import Box, category_distance
 
 # frames per second of the official source videos (trajectory_utils.FRAME_CATEGORY_FPS_LOOKUP_TABLE)
 FPS_LOOKUP = {"scannet": 24.0, "scannetpp": 30.0, "arkitscenes": 10.0}
@@ -56,6 +56,14 @@ class Scene:
     frames: list[Frame] = field(default_factory=list)
     num_frames_total: int = 0
     fps: float | None = None
+    _dist_cache: dict = field(default_factory=dict, repr=False)
+
+    def category_distance(self, a: str, b: str) -> float:
+        """Exact closest-point distance between two categories (min over instances), cached."""
+        key = (a, b) if a <= b else (b, a)
+        if key not in self._dist_cache:
+            self._dist_cache[key] = category_distance(self.boxes[a], self.boxes[b])
+        return self._dist_cache[key]
 
     @property
     def unique_categories(self) -> list[str]:

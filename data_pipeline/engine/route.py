@@ -38,7 +38,6 @@ import itertools
 import numpy as np
 
 from data_pipeline.engine import templates as T
-from data_pipeline.engine.geometry import box_box_distance
 from data_pipeline.engine.metadata import Scene
 from data_pipeline.engine.options import LetterBalancer, lettered
 
@@ -100,7 +99,7 @@ def route_planning(scene: Scene, rng, n: int, bal: LetterBalancer, cfg) -> list[
         if key in seen:
             continue
         seen.add(key)
-        if any(box_box_distance(scene.boxes[a][0], scene.boxes[b][0]) < 0.3 for a, b in itertools.combinations(chain, 2)):
+        if any(scene.category_distance(a, b) < 0.3 for a, b in itertools.combinations(chain, 2)):
             continue
         turns = route_turns(np.array([centre[c] for c in chain]), margin)
         if turns is None:

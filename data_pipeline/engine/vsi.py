@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_pipeline.engine import templates as T
-from data_pipeline.engine.geometry import box_box_distance, category_distance, ccw_angle_deg
+from data_pipeline.engine.geometry import box_box_distance, category_distance, ccw_angle_deg  # noqa: F401
 from data_pipeline.engine.metadata import Scene
 from data_pipeline.engine.options import LetterBalancer, count_options, lettered, numeric_options
 
@@ -47,18 +47,6 @@ def _mc(item: dict, options: list, gt, letter: str) -> dict:
 
 def _shuffled(rng, cands):
     return [cands[i] for i in rng.permutation(len(cands))]
-
-
-class _DistCache:
-    def __init__(self, scene: Scene):
-        self.scene = scene
-        self.cache: dict[tuple[str, str], float] = {}
-
-    def __call__(self, a: str, b: str) -> float:
-        key = (a, b) if a <= b else (b, a)
-        if key not in self.cache:
-            self.cache[key] = category_distance(self.scene.boxes[a], self.scene.boxes[b])
-        return self.cache[key]
 
 
 def object_counting(scene: Scene, rng, n: int, bal: LetterBalancer, cfg: VSIConfig) -> list[dict]:
@@ -105,7 +93,7 @@ def room_size_estimation(scene: Scene, rng, n: int, bal: LetterBalancer, cfg: VS
 
 def object_abs_distance(scene: Scene, rng, n: int, bal: LetterBalancer, cfg: VSIConfig) -> list[dict]:
     out = []
-    dist = _DistCache(scene)
+    dist = scene.category_distance
     pairs = list(itertools.combinations(sorted(scene.unique_categories), 2))
     for a, b in _shuffled(rng, pairs):
         if rng.random() < 0.5:
@@ -132,7 +120,7 @@ def _rel_distance(k: int):
 
     def gen(scene: Scene, rng, n: int, bal: LetterBalancer, cfg: VSIConfig) -> list[dict]:
         out = []
-        dist = _DistCache(scene)
+        dist = scene.category_distance
         cats = sorted(scene.counts)
         margin = cfg.rel_dist_margin_large if scene.room_size > cfg.rel_dist_large_room else cfg.rel_dist_margin_small
         cands = [(p, combo) for p in sorted(scene.unique_categories)
@@ -202,7 +190,7 @@ def _rel_direction(version: int):
 
     def gen(scene: Scene, rng, n: int, bal: LetterBalancer, cfg: VSIConfig) -> list[dict]:
         out = []
-        dist = _DistCache(scene)
+        dist = scene.category_distance
         triples = list(itertools.combinations(sorted(scene.unique_categories), 3))
         for tri in _shuffled(rng, triples):
             if any(not (cfg.rel_dir_min_dist <= dist(a, b) <= cfg.rel_dir_max_dist)

@@ -89,7 +89,7 @@ def walkthrough(room: Room, rng: np.random.Generator, n_frames: int, fps: float,
     # stops: at the start, or at some waypoints
     n_stops = int(rng.integers(1, 3))
     stop_at = sorted(set(rng.choice(len(pts), size=min(n_stops, len(pts)), replace=False).tolist()))
-    stop_dur = {k: float(rng.uniform(1.5, 3.0)) for k in stop_at}
+    stop_dur = {k: float(rng.uniform(0.08, 0.18)) * duration for k in stop_at}
     walk_time = max(duration - sum(stop_dur.values()), 1e-3)
     total = cum[-1]
     if total / walk_time > max_speed:  # cut the route short instead of sprinting
@@ -148,7 +148,7 @@ def walkthrough(room: Room, rng: np.random.Generator, n_frames: int, fps: float,
     edges = np.sort(rng.uniform(0, duration, n_t - 1)) if n_t > 1 else np.zeros(0)
     seg = np.searchsorted(edges, times, side="right")
     seg_start = np.concatenate([[0.0], edges])[seg]
-    a = _smoothstep((times - seg_start) / 1.5)  # 1.5 s to turn towards the next target
+    a = _smoothstep((times - seg_start) / max(1.0, 0.08 * duration))  # turn towards the next target
 
     def gaze(idx):
         tgt = targets[idx]
@@ -161,7 +161,7 @@ def walkthrough(room: Room, rng: np.random.Generator, n_frames: int, fps: float,
     # mix in the walking heading (people look where they go) while moving
     dh = (heading - look + np.pi) % (2 * np.pi) - np.pi
     look = look + np.where(stopped, 0.0, 0.3 * dh)
-    pan = np.where(stopped, np.radians(rng.uniform(20, 45)) * np.sin(2 * np.pi * times / rng.uniform(3, 5) + rng.uniform(0, 6.3)), 0.0)
+    pan = np.where(stopped, np.radians(rng.uniform(20, 45)) * np.sin(2 * np.pi * times / (duration * rng.uniform(0.12, 0.2)) + rng.uniform(0, 6.3)), 0.0)
     yaw = np.unwrap(look + pan)
     dist = np.hypot(targets[seg, 0] - xy[:, 0], targets[seg, 1] - xy[:, 1])
     zt = zt_old + a * (zt_new - zt_old)

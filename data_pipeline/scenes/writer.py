@@ -35,7 +35,7 @@ class SceneSpec:
     split: str = "train"
     dataset: str = "synthetic"
     num_frames: int = 32
-    fps: float = 2.0
+    fps: float = 1.0
     width: int = 256
     height: int = 256
     hfov_deg: float = 70.0
