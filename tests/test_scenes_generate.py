@@ -52,7 +52,7 @@ def test_writer_outputs_and_determinism(tmp_path):
     assert np.abs(frames[2].astype(int) - a["preview"][1].astype(int)).mean() < 6  # preview = frames 0, 2, 4, 7
     fr = a["frame_meta"]["frames"][5]
     z = np.load(tmp_path / fr["file_path_depth"])
-    assert z["depth"].shape == (48, 64) and z["depth"].dtype == np.float32 and z["instance"].dtype == np.uint16
+    assert z["depth"].shape == (48, 64) and z["depth"].dtype == np.float16 and z["instance"].dtype == np.uint16
     assert os.path.exists(tmp_path / fr["file_path_color"])
     for bb in fr["bboxes_2d"]:
         ys, xs = np.nonzero(z["instance"] == bb["instance_id"] + 1)
