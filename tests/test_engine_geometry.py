@@ -96,3 +96,16 @@ def test_box_distance_cases():
     # a 45-degree box whose corner points at a's face: gap = 2 - 0.5 - sqrt(2)/2
     d = box_box_distance(a, Box(np.array([2.0, 0, 0]), rot, np.ones(3)))
     assert d == pytest.approx(2 - 0.5 - np.sqrt(2) / 2)
+
+
+def test_pairwise_matches_single_pair():
+    from data_pipeline.engine.geometry import pairwise_box_distances
+
+    rng = np.random.default_rng(5)
+    boxes = [_random_box(rng) for _ in range(9)]
+    boxes = [Box(b.center * 3, b.axes, b.lengths) for b in boxes]
+    M = pairwise_box_distances(boxes)
+    for i in range(9):
+        for j in range(9):
+            ref = 0.0 if i == j else box_box_distance(boxes[i], boxes[j])
+            assert M[i, j] == pytest.approx(ref, abs=1e-12)

@@ -117,3 +117,45 @@ def world_to_camera(points: np.ndarray, pose_c2w: np.ndarray) -> np.ndarray:
     """World points ``[N, 3]`` -> camera coordinates (OpenCV axes) for a camera-to-world pose."""
     T = np.asarray(pose_c2w, float)
     return (np.atleast_2d(points) - T[:3, 3]) @ T[:3, :3]
+
+
+def pairwise_box_distances(boxes: list[Box]) -> np.ndarray:
+    """``[N, N]`` exact closest-point distances between all boxes, vectorised over pairs (the
+    same algorithm as :func:`box_box_distance`, one numpy pass instead of N^2/2 small ones)."""
+    n = len(boxes)
+    out = np.zeros((n, n))
+    if n < 2:
+        return out
+    ii, jj = np.triu_indices(n, 1)
+    C = np.stack([b.center for b in boxes])
+    A = np.stack([b.axes for b in boxes])
+    H = np.stack([b.half for b in boxes])
+    Ca, Cb, Aa, Ab, Ha, Hb = C[ii], C[jj], A[ii], A[jj], H[ii], H[jj]
+    # separating-axis test
+    cross = np.cross(Aa[:, :, None, :], Ab[:, None, :, :]).reshape(-1, 9, 3)
+    norm = np.linalg.norm(cross, axis=-1, keepdims=True)
+    cross = np.where(norm > 1e-9, cross / np.maximum(norm, 1e-12), 0.0)  # parallel edges: no axis
+    L = np.concatenate([Aa, Ab, cross], axis=1)  # [P, 15, 3]
+    ra = np.einsum("pkm,pm->pk", np.abs(np.einsum("pkd,pmd->pkm", L, Aa)), Ha)
+    rb = np.einsum("pkm,pm->pk", np.abs(np.einsum("pkd,pmd->pkm", L, Ab)), Hb)
+    t = np.abs(np.einsum("pkd,pd->pk", L, Cb - Ca))
+    overlap = np.all(t <= ra + rb + 1e-12, axis=1)
+    # corners of each box to the other box
+    cor_a = Ca[:, None, :] + np.einsum("km,pm,pmd->pkd", _SIGNS, Ha, Aa)  # [P, 8, 3]
+    cor_b = Cb[:, None, :] + np.einsum("km,pm,pmd->pkd", _SIGNS, Hb, Ab)
+
+    def pt_box(pts, c, ax, h):
+        loc = np.einsum("pkd,pmd->pkm", pts - c[:, None, :], ax)
+        return np.linalg.norm(np.maximum(np.abs(loc) - h[:, None, :], 0.0), axis=-1).min(axis=1)
+
+    d = np.minimum(pt_box(cor_a, Cb, Ab, Hb), pt_box(cor_b, Ca, Aa, Ha))
+    # edge-edge
+    pa, qa = cor_a[:, _EDGES[:, 0]], cor_a[:, _EDGES[:, 1]]  # [P, 12, 3]
+    pb, qb = cor_b[:, _EDGES[:, 0]], cor_b[:, _EDGES[:, 1]]
+    P = len(ii)
+    seg = _segment_segment(pa[:, _IA].reshape(-1, 3), qa[:, _IA].reshape(-1, 3),
+                           pb[:, _IB].reshape(-1, 3), qb[:, _IB].reshape(-1, 3)).reshape(P, -1).min(axis=1)
+    d = np.where(overlap, 0.0, np.minimum(d, seg))
+    out[ii, jj] = d
+    out[jj, ii] = d
+    return out

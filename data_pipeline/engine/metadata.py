@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_pipeline.engine.geometry import Box, category_distance
+from data_pipeline.engine.geometry import Box, pairwise_box_distances
 
 # frames per second of the official source videos (trajectory_utils.FRAME_CATEGORY_FPS_LOOKUP_TABLE)
 FPS_LOOKUP = {"scannet": 24.0, "scannetpp": 30.0, "arkitscenes": 10.0}
@@ -59,11 +59,15 @@ class Scene:
     _dist_cache: dict = field(default_factory=dict, repr=False)
 
     def category_distance(self, a: str, b: str) -> float:
-        """Exact closest-point distance between two categories (min over instances), cached."""
-        key = (a, b) if a <= b else (b, a)
-        if key not in self._dist_cache:
-            self._dist_cache[key] = category_distance(self.boxes[a], self.boxes[b])
-        return self._dist_cache[key]
+        """Exact closest-point distance between two categories (min over their instances).
+        All instance pairs are computed once, vectorised, on first use."""
+        if "matrix" not in self._dist_cache:
+            ids = sorted(self.inst2box)
+            self._dist_cache["index"] = {c: [ids.index(i) for i, cc in self.inst2cat.items() if cc == c]
+                                         for c in self.boxes}
+            self._dist_cache["matrix"] = pairwise_box_distances([self.inst2box[i] for i in ids])
+        ia, ib = self._dist_cache["index"][a], self._dist_cache["index"][b]
+        return float(self._dist_cache["matrix"][np.ix_(ia, ib)].min())
 
     @property
     def unique_categories(self) -> list[str]:

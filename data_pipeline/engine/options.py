@@ -74,7 +74,8 @@ class LetterBalancer:
         letters = LETTERS[:n]
         cnt = self.counts.setdefault(qtype, {})
         low = min(cnt.get(c, 0) for c in letters)
-        target = str(rng.choice([c for c in letters if cnt.get(c, 0) == low]))
+        lows = [c for c in letters if cnt.get(c, 0) == low]
+        target = lows[int(rng.integers(len(lows)))]
         rest = list(options)
         rest.remove(gt)
         rest = [rest[i] for i in rng.permutation(len(rest))]
