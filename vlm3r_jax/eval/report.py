@@ -141,7 +141,11 @@ def load_scores(path_or_workdir: str) -> dict[str, float]:
         path = os.path.join(path, "scores.json")
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
-    return dict(data["scores"]) if "scores" in data else dict(data)
+    # A run's table row hides what its predictor does not define (chance on numerical tasks).
+    for key in ("table_row", "scores"):
+        if isinstance(data.get(key), dict):
+            return dict(data[key])
+    return dict(data)
 
 
 def parse_baselines(spec: str | Mapping[str, str] | None) -> dict[str, dict[str, float]]:
