@@ -44,6 +44,7 @@ def make_model_predictor(cfg: Any) -> runner.PredictFn:
         return [model.answer(v, r["prompt"], max_new_tokens=cfg.max_new_tokens, **extra) for v, r in zip(videos, batch)]
 
     predict.name = "VLM-3R (ours, text only)" if cfg.text_only else "VLM-3R (ours)"  # type: ignore[attr-defined]
+    predict.uses_jax = True  # type: ignore[attr-defined]
     return predict
 
 
@@ -64,12 +65,17 @@ def make_predictor(cfg: Any, recs: list[dict]) -> tuple[runner.PredictFn, str]:
     raise ValueError(f"config.predictor={kind!r}; expected '', 'chance', 'prior' or 'model'")
 
 
-def run(cfg: Any, workdir: str) -> dict:
+def run(cfg: Any, workdir: str) -> dict | None:
     """The launcher body (also called by tests)."""
     if not cfg.data_root:
         raise ValueError("set --config.data_root to the benchmark directory")
     recs = records_lib.load_records(cfg.data_root, cfg.benchmark, cfg.records or None, cfg.limit)
     predict_fn, check_videos = make_predictor(cfg, recs)
+    writer = True
+    if getattr(predict_fn, "uses_jax", False):
+        import jax
+
+        writer = jax.process_index() == 0  # every host runs the same batches; one writes
     return runner.run_eval(
         recs,
         predict_fn,
@@ -87,7 +93,8 @@ def run(cfg: Any, workdir: str) -> dict:
         include_paper_row=cfg.include_paper_row,
         chart_baseline=cfg.chart_baseline or None,
         retry_failed=cfg.retry_failed,
-        progress=cfg.progress,
+        progress=cfg.progress and writer,
+        writer=writer,
     )
 
 

@@ -313,3 +313,67 @@ def test_per_sample_scores_equal_official_restatement():
         for d, r in zip(docs, per_sample):
             ref = _official_sample(d, tasks.mc_types(bench), tasks.na_types(bench), mc_key)
             assert r["score"] == pytest.approx(ref, abs=1e-12), (d, r)
+
+
+def test_partial_rel_direction_follows_vlm3r_copy():
+    # VLM-3R's copy averages whichever difficulty sub-types are present (upstream would keep
+    # medium/hard as separate tasks here, or crash with only "easy").
+    s = [
+        {"question_type": "object_rel_direction_medium", "ground_truth": "A", "prediction": "A"},
+        {"question_type": "object_rel_direction_hard", "ground_truth": "A", "prediction": "B"},
+        {"question_type": "object_counting", "ground_truth": "2", "prediction": "2"},
+    ]
+    out = vsibench.score(s)
+    assert out["object_rel_direction"] == pytest.approx(50.0)
+    assert out["overall"] == pytest.approx(75.0)
+
+
+def test_records_reader_layouts(tmp_path):
+    import json
+
+    from vlm3r_jax.eval import records as records_lib
+
+    vsi = tmp_path / "vsi"
+    vsi.mkdir()
+    rows = [
+        {
+            "id": 7,
+            "dataset": "scannet",
+            "scene_name": "s0",
+            "question_type": "object_counting",
+            "question": "q",
+            "ground_truth": "3",
+        },
+        {
+            "id": 8,
+            "dataset": "scannet",
+            "scene_name": "s0",
+            "question_type": "route_planning",
+            "question": "q",
+            "ground_truth": "A",
+        },
+    ]
+    (vsi / "test.json").write_text(json.dumps({"data": rows}))
+    recs = records_lib.load_records(str(vsi), "vsibench")
+    assert [r["id"] for r in recs] == ["7", "8"]
+    assert recs[0]["video_path"] == str(vsi / "scannet" / "s0.mp4") and recs[0]["_malformed"] is None
+    assert "options" in recs[1]["_malformed"]  # MC without options is malformed, not dropped
+    vsti = tmp_path / "vsti"
+    vsti.mkdir()
+    row = {
+        "video_path": "v/a.mp4",
+        "question_type": "camera_obj_rel_dist_v2",
+        "question": "q",
+        "options": ["A. x", "B. y"],
+        "ground_truth": "x",
+    }
+    (vsti / "vstibench.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "mc_answer": "A"}) + "\n")
+    recs = records_lib.load_records(str(vsti), "vstibench")
+    assert [r["id"] for r in recs] == ["idx-0", "idx-1"]  # no ids upstream: the line index
+    assert recs[0]["_malformed"] == "multiple-choice record without 'mc_answer'" and recs[1]["_malformed"] is None
+    assert recs[1]["video_path"] == str(vsti / "v" / "a.mp4")
+    (vsti / "dup.jsonl").write_text(json.dumps({**row, "id": 1}) + "\n" + json.dumps({**row, "id": 1}) + "\n")
+    with pytest.raises(ValueError, match="share id"):
+        records_lib.load_records(str(vsti), "vstibench", "dup.jsonl")
+    with pytest.raises(FileNotFoundError, match="data_root"):
+        records_lib.load_records(str(tmp_path / "nope"), "vsibench")

@@ -365,3 +365,26 @@ def test_launcher_cli_end_to_end(tmp_path, benchmark):
     assert scores["counts"]["_total"] == info["n_valid"] + 2
     if benchmark == "vstibench":
         assert {"overall", "paper_avg", "group:obj_obj_relative_pos"} <= set(scores["scores"])
+
+
+def test_fixed_record_is_answered_on_resume_and_retry_failed(tmp_path):
+    data = str(tmp_path / "bench")
+    info = make_bench(data, per_type=1)
+    work = str(tmp_path / "w")
+    recs = records_lib.load_records(data, "vsibench")
+    first = runner.run_eval(recs, noisy_oracle(), work, 4, progress=False, print_table=False)
+    assert first["footer"]["n_malformed"] == 3 and first["footer"]["n_failed"] == 1
+    for r in recs:  # fix the records: give the malformed one its answer, add the missing video
+        if r["id"] == info["malformed"]:
+            r["ground_truth"], r["_malformed"] = 5.0, None
+    _write_mp4(os.path.join(data, "scannet", "scene9999_00.mp4"))
+    seen = []
+    inner = noisy_oracle()
+
+    def counting(batch):
+        seen.extend(r["id"] for r in batch)
+        return inner(batch)
+
+    second = runner.run_eval(recs, counting, work, 4, retry_failed=True, progress=False, print_table=False)
+    assert sorted(seen) == sorted([info["malformed"], info["missing"]])
+    assert second["footer"]["n_failed"] == 0 and second["footer"]["n_malformed"] == 2

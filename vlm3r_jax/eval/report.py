@@ -86,8 +86,10 @@ def markdown_table(
 
 
 def _count_cell(key: str, counts: Mapping[str, int]) -> str:
-    if key in ("overall", "paper_avg"):
+    if key == "overall":
         return str(counts.get("_total", ""))
+    if key == "paper_avg":
+        return str(sum(counts.get(m, 0) for members in tasks.VSTI_GROUPS.values() for m in members))
     if key.startswith("group:"):
         return str(sum(counts.get(m, 0) for m in tasks.VSTI_GROUPS[key[len("group:") :]]))
     return str(counts.get(key, ""))

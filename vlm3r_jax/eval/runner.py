@@ -152,6 +152,16 @@ class _Appender:
         os.close(self.fd)
 
 
+class _NullAppender:
+    """What non-writer processes of a multi-host run use."""
+
+    def write(self, obj: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def check_video(path: str | None, mode: str = "exists") -> str | None:
     """Why the video cannot be used (None when fine). ``mode``: "none" (skip), "exists" (a file is
     there), "open" (PyAV opens it and decodes one frame)."""
@@ -242,13 +252,18 @@ def run_eval(
     progress: bool = True,
     fsync: bool = True,
     print_table: bool = True,
-) -> dict[str, Any]:
+    writer: bool = True,
+) -> dict[str, Any] | None:
     """Runs ``predict_fn`` over ``records`` (normalized, see :func:`records.load_records`) in batches,
     resumably, and writes ``samples.jsonl``, ``scores.json``, ``table.md`` and ``chart.png`` under
     ``workdir``. Returns ``{"scores", "table_row", "counts", "footer", "table", "paths"}``.
 
     ``baselines``: extra table rows {name: scores}; ``chart_baseline``: the row (a baseline name or
     the paper row's name) drawn next to this run in the chart.
+
+    Multi-host SPMD: call it on every process with the same records and a shared ``workdir`` and
+    ``writer=(jax.process_index() == 0)``; all processes then run the same batches (the resume set
+    is read before anything is written) and only the writer writes files (others return None).
     """
     tasks.check_benchmark(benchmark)
     if batch_size < 1:
@@ -266,10 +281,14 @@ def run_eval(
 
     def pending(rec: Mapping[str, Any]) -> bool:
         prev = done.get(str(rec["id"]))
-        return prev is None or (retry_failed and prev.get("status") == "failed")
+        if prev is None:
+            return True
+        if prev.get("status") == "malformed" and not rec.get("_malformed"):
+            return True  # the record was fixed since: answer it now
+        return retry_failed and prev.get("status") == "failed"
 
     todo = [r for r in records if pending(r)]
-    appender = _Appender(samples_path, fsync=fsync)
+    appender = _Appender(samples_path, fsync=fsync) if writer else _NullAppender()
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -310,6 +329,8 @@ def run_eval(
     finally:
         bar.close()
         appender.close()
+    if not writer:
+        return None
     return finalize(
         records,
         workdir,
