@@ -28,6 +28,7 @@ def test_mra_thresholds_are_the_official_ten():
         ("12.6", 10, 0.5),  # rel .26: passes θ = .50 .55 .60 .65 .70
         ("15", 10, 0.1),  # rel .5 == 1-.5: passes only because the rule is <= (paper writes <)
         ("5", 10, 0.1),  # same from below
+        ("11", 10, 0.9),  # rel .1 vs 1-.9 in floats: passes θ=.9 (bit-level official behaviour)
         ("16", 10, 0.0),  # rel .6
         ("0", 10, 0.0),  # rel 1
         ("-10", 10, 0.0),
