@@ -277,7 +277,7 @@ def run_eval(
         _check_zero_targets(records, benchmark)
     os.makedirs(workdir, exist_ok=True)
     samples_path = os.path.join(workdir, SAMPLES_FILE)
-    done = read_samples(samples_path)
+    done = read_samples(samples_path, repair=writer)  # only the writer may cut a torn line
 
     def pending(rec: Mapping[str, Any]) -> bool:
         prev = done.get(str(rec["id"]))
