@@ -190,17 +190,20 @@ def batch_sharding(
     return NamedSharding(mesh, spec)
 
 
-def shard_batch(batch: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
-    """Places a pytree of host arrays on the mesh, leading axis split over ``batch``.
+def shard_batch(batch: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES, batch_axis: int = 0) -> Any:
+    """Places a pytree of host arrays on the mesh, axis ``batch_axis`` split over ``batch``
+    (``batch_axis=1`` for ``[accum, micro_batch, ...]`` gradient-accumulation batches).
 
-    Leading dimensions that do not divide by the data-parallel size are replicated.
+    Batch dimensions that do not divide by the data-parallel size are replicated.
     """
 
     def one(x: Any) -> Any:
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        if x.ndim == 0:
+        if x.ndim <= batch_axis:
             return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
-        spec = logical_to_spec(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh, rules)
+        names = [None] * x.ndim
+        names[batch_axis] = "batch"
+        spec = logical_to_spec(tuple(names), x.shape, mesh, rules)
         return jax.device_put(x, NamedSharding(mesh, spec))
 
     return jax.tree_util.tree_map(one, batch)

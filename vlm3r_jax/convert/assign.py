@@ -86,7 +86,8 @@ def load_state(
     (default: the target variable's dtype). ``shardings`` (same structure as ``state``'s values,
     e.g. from :func:`vlm3r_jax.sharding.state_shardings`) places each tensor as it is loaded.
     """
-    targets = flat_variables(state)
+    # Only parameters come from checkpoints; RNG streams, caches and the like pass through.
+    targets = {k: v for k, v in flat_variables(state).items() if isinstance(v, nnx.Param)}
     unmapped = sorted(set(targets) - set(mapping))
     if unmapped:
         raise CheckpointError(f"internal: no source rule for parameters {unmapped[:10]} ({what})")
@@ -140,8 +141,9 @@ def load_state(
         )
 
     def put(p, v):
-        if isinstance(v, nnx.Variable):
-            return v.replace(loaded[path_str(p)])
+        key = path_str(p)
+        if isinstance(v, nnx.Variable) and key in loaded:
+            return v.replace(loaded[key])
         return v
 
     return jax.tree_util.tree_map_with_path(put, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -46,7 +46,8 @@ class Linear(nnx.Module):
             if use_bias
             else None
         )
-        self.lora: nnx.Module | None = None
+        # nnx.data: the slot is pytree data (not static) so an adapter can be attached later.
+        self.lora: nnx.Module | None = nnx.data(None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., in] -> [..., out]."""

@@ -1,0 +1,111 @@
+"""Blind baselines for the generated evaluation split: chance and answer prior.
+
+Both produce *prediction strings* (what a model would answer) for VSI-Bench / VSTI-Bench
+layout records; scoring is the evaluation module's job (``vlm3r_jax.eval.vsibench.score`` /
+``vstibench.score``), passed in as ``score_fn``.
+
+- chance: a uniformly random option letter (MC); for numeric questions a random draw from
+  the training answers of that question type (a blind guess at the right scale).
+- prior: fitted on the *train* split only. MC: the option whose text is the most frequent
+  training answer of that type when it is offered, else the most frequent correct letter.
+  Numeric: the mean training answer of that type.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+
+from data_pipeline.engine.formats import VSI_EVAL_NAME, VSTI_EVAL_NAME, is_numeric
+
+_NAMES = {"vsibench": VSI_EVAL_NAME, "vstibench": VSTI_EVAL_NAME}
+
+
+def _eval_type(item: dict, bench: str) -> str | None:
+    return _NAMES[bench].get(item["question_type"])
+
+
+def _record_is_numeric(rec: dict, bench: str) -> bool:
+    inv = {v: k for k, v in _NAMES[bench].items()}
+    return is_numeric(inv.get(rec["question_type"], rec["question_type"]))
+
+
+def fit_prior(train_items: list[dict], bench: str) -> dict[str, dict]:
+    """Per benchmark question_type: {"mean": float} (numeric) or {"text": str, "letter": str}."""
+    groups: dict[str, list[dict]] = {}
+    for it in train_items:
+        t = _eval_type(it, bench)
+        if t is not None:
+            groups.setdefault(t, []).append(it)
+    prior = {}
+    for t, items in groups.items():
+        if is_numeric(items[0]["question_type"]):
+            vals = np.array([float(i["ground_truth"]) for i in items])
+            prior[t] = {"mean": float(vals.mean()), "values": vals.tolist()}
+        else:
+            text = Counter(str(i["ground_truth"]) for i in items).most_common(1)[0][0]
+            letter = Counter(str(i["mc_answer"]) for i in items).most_common(1)[0][0]
+            prior[t] = {"text": text, "letter": letter}
+    return prior
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def predict_prior(prior: dict[str, dict], records: list[dict], bench: str) -> list[str]:
+    preds = []
+    for rec in records:
+        p = prior.get(rec["question_type"])
+        if _record_is_numeric(rec, bench):
+            preds.append(_fmt(p["mean"]) if p else "1")
+            continue
+        if p is None:
+            preds.append("A")
+            continue
+        texts = {o.split(". ", 1)[1]: o.split(". ", 1)[0] for o in rec["options"]}
+        preds.append(texts.get(p["text"], p["letter"]))
+    return preds
+
+
+def predict_chance(prior: dict[str, dict], records: list[dict], bench: str, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    preds = []
+    for rec in records:
+        if _record_is_numeric(rec, bench):
+            vals = prior.get(rec["question_type"], {}).get("values") or [1.0]
+            preds.append(_fmt(float(vals[int(rng.integers(len(vals)))])))
+        else:
+            preds.append(rec["options"][int(rng.integers(len(rec["options"])))].split(".", 1)[0])
+    return preds
+
+
+def with_predictions(records: list[dict], preds: list[str]) -> list[dict]:
+    return [{**r, "prediction": p} for r, p in zip(records, preds)]
+
+
+def run_baselines(train_items: list[dict], records: dict[str, list[dict]], seed: int = 0,
+                  score_fns: dict[str, Callable[[list[dict]], dict]] | None = None) -> dict:
+    """``records``: {"vsibench": [...], "vstibench": [...]} -> {bench: {"chance"|"prior":
+    {"samples": [... with "prediction"], "scores": score_fn(samples) or None}}}."""
+    out = {}
+    for bench, recs in records.items():
+        prior = fit_prior(train_items, bench)
+        res = {}
+        for kind, preds in (("chance", predict_chance(prior, recs, bench, seed)), ("prior", predict_prior(prior, recs, bench))):
+            samples = with_predictions(recs, preds)
+            fn = (score_fns or {}).get(bench)
+            res[kind] = {"samples": samples, "scores": fn(samples) if fn and samples else None}
+        out[bench] = res
+    return out
+
+
+def default_score_fns() -> dict[str, Callable]:
+    """The project scorer when it is installed on this branch, else {} (predictions only)."""
+    try:
+        from vlm3r_jax.eval import vsibench, vstibench  # noqa: PLC0415 - optional, written in parallel
+    except ImportError:
+        return {}
+    return {"vsibench": vsibench.score, "vstibench": vstibench.score}

@@ -1,0 +1,111 @@
+"""Benchmark evaluation: ``python -m launch.eval --config configs/eval_vsibench.py --workdir DIR
+[--config.data_root=...] [--config.checkpoint=...]``.
+
+Writes ``DIR/samples.jsonl`` (per sample, resumable), ``DIR/scores.json`` (per task),
+``DIR/table.md`` (paper column order + footer) and ``DIR/chart.png``. Without a checkpoint (or with
+``--config.predictor=chance|prior``) it runs a baseline, which needs no model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vlm3r_jax.eval import records as records_lib
+from vlm3r_jax.eval import report, runner
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval_*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes when it holds samples.jsonl).")
+
+
+def make_model_predictor(cfg: Any) -> runner.PredictFn:
+    """predict_fn over ``vlm3r_jax.api.load_vlm3r(cfg.checkpoint)``: ``model.answer(video,
+    question, max_new_tokens)`` per record, or ``model.answer_batch(videos, questions, ...)`` when
+    the model offers it. ``num_frames`` is passed where the signature accepts it."""
+    from vlm3r_jax import api
+
+    if cfg.temperature != 0.0:
+        raise ValueError(
+            "the benchmark eval is greedy (temperature 0, as the official run); set --config.temperature=0"
+        )
+    kwargs = {"dtype": cfg.dtype} if cfg.dtype else {}
+    model = api.load_vlm3r(cfg.checkpoint, base=cfg.base or None, geometry=cfg.geometry or None, **kwargs)
+    batched = getattr(model, "answer_batch", None)
+    fn = batched or model.answer
+    extra = {"num_frames": cfg.num_frames} if "num_frames" in inspect.signature(fn).parameters else {}
+
+    def predict(batch: list[dict]) -> list[str]:
+        videos = [None if cfg.text_only else rec["video_path"] for rec in batch]
+        if batched is not None:
+            return list(batched(videos, [r["prompt"] for r in batch], max_new_tokens=cfg.max_new_tokens, **extra))
+        return [model.answer(v, r["prompt"], max_new_tokens=cfg.max_new_tokens, **extra) for v, r in zip(videos, batch)]
+
+    predict.name = "VLM-3R (ours, text only)" if cfg.text_only else "VLM-3R (ours)"  # type: ignore[attr-defined]
+    predict.uses_jax = True  # type: ignore[attr-defined]
+    return predict
+
+
+def make_predictor(cfg: Any, recs: list[dict]) -> tuple[runner.PredictFn, str]:
+    """(predict_fn, check_videos mode) for the configured predictor."""
+    kind = cfg.predictor or ("model" if cfg.checkpoint else "chance")
+    if kind == "chance":
+        return runner.chance_predictor(cfg.seed, cfg.benchmark), cfg.check_videos
+    if kind == "prior":
+        fit = records_lib.load_records(cfg.data_root, cfg.benchmark, cfg.prior_records) if cfg.prior_records else recs
+        return runner.prior_predictor(fit, cfg.benchmark), cfg.check_videos
+    if kind == "model":
+        if not cfg.checkpoint:
+            raise ValueError("predictor 'model' needs --config.checkpoint")
+        # Text-only runs never touch the video, but a missing video still fails the sample so all
+        # rows of the table share one denominator.
+        return make_model_predictor(cfg), cfg.check_videos
+    raise ValueError(f"config.predictor={kind!r}; expected '', 'chance', 'prior' or 'model'")
+
+
+def run(cfg: Any, workdir: str) -> dict | None:
+    """The launcher body (also called by tests)."""
+    if not cfg.data_root:
+        raise ValueError("set --config.data_root to the benchmark directory")
+    recs = records_lib.load_records(cfg.data_root, cfg.benchmark, cfg.records or None, cfg.limit)
+    predict_fn, check_videos = make_predictor(cfg, recs)
+    writer = True
+    if getattr(predict_fn, "uses_jax", False):
+        import jax
+
+        writer = jax.process_index() == 0  # every host runs the same batches; one writes
+    return runner.run_eval(
+        recs,
+        predict_fn,
+        workdir,
+        cfg.batch_size,
+        cfg.benchmark,
+        check_videos=check_videos,
+        zero_target=cfg.zero_target,
+        prompt_kwargs={
+            "pre_prompt": cfg.pre_prompt,
+            "mc_post_prompt": cfg.mc_post_prompt,
+            "na_post_prompt": cfg.na_post_prompt,
+        },
+        baselines=report.parse_baselines(cfg.baselines),
+        include_paper_row=cfg.include_paper_row,
+        chart_baseline=cfg.chart_baseline or None,
+        retry_failed=cfg.retry_failed,
+        progress=cfg.progress and writer,
+        writer=writer,
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

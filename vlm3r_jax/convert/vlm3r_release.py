@@ -1,0 +1,370 @@
+"""Name maps for the released VLM-3R checkpoint layout (non_lora_trainables.bin, PEFT adapters).
+
+Keys of ``non_lora_trainables.bin`` are first normalised as the reference loader does: strip a
+leading ``base_model.``; if keys then start with ``model.model.``, strip one more ``model.``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from vlm3r_jax.convert.assign import Src, transpose
+
+
+def strip_non_lora_prefixes(keys: Iterable[str]) -> dict[str, str]:
+    """{normalised key: original key}, the reference's two-step prefix stripping."""
+    keys = list(keys)
+    out = {(k[len("base_model."):] if k.startswith("base_model.") else k): k for k in keys}
+    if any(k.startswith("model.model.") for k in out):
+        out = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in out.items()}
+    return out
+
+
+def _rows(i: int):
+    """Picks block ``i`` of a packed [3d, d] in-projection (q, k, v order) and transposes it."""
+
+    def fn(w: np.ndarray) -> np.ndarray:
+        d = w.shape[0] // 3
+        return np.swapaxes(w[i * d:(i + 1) * d], -1, -2) if w.ndim == 2 else w[i * d:(i + 1) * d]
+
+    return fn
+
+
+def fusion_mapping(prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Src]:
+    """Our CrossAttentionFusion param paths (under ``ours``) -> reference keys (under ``prefix``)."""
+    m: dict[str, Src] = {}
+    for name in ("clip_norm", "spatial_encoder_norm", "out_norm"):
+        m[f"{ours}{name}.scale"] = Src(f"{prefix}{name}.weight")
+        m[f"{ours}{name}.bias"] = Src(f"{prefix}{name}.bias")
+    for name in ("clip_query_proj", "spatial_encoder_key_proj", "spatial_encoder_value_proj", "out_proj"):
+        m[f"{ours}{name}.kernel"] = Src(f"{prefix}{name}.weight", transpose)
+        m[f"{ours}{name}.bias"] = Src(f"{prefix}{name}.bias")
+    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+        m[f"{ours}cross_attention.{name}.kernel"] = Src(f"{prefix}cross_attention.in_proj_weight", _rows(i))
+        m[f"{ours}cross_attention.{name}.bias"] = Src(f"{prefix}cross_attention.in_proj_bias", _rows(i))
+    m[f"{ours}cross_attention.out_proj.kernel"] = Src(f"{prefix}cross_attention.out_proj.weight", transpose)
+    m[f"{ours}cross_attention.out_proj.bias"] = Src(f"{prefix}cross_attention.out_proj.bias")
+    return m
+
+
+# --- the whole released layout ---------------------------------------------------------------
+import glob  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from vlm3r_jax.convert.assign import load_state  # noqa: E402
+from vlm3r_jax.convert.errors import CheckpointError  # noqa: E402
+from vlm3r_jax.convert.safetensors_io import SafetensorsDir  # noqa: E402
+from vlm3r_jax.convert.sources import DictSource, PrefixSource, TensorSource  # noqa: E402
+
+SIGLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
+# Known SigLIP towers by width when no config can be found (heads cannot be read off shapes).
+_KNOWN_SIGLIP = {1152: dict(num_attention_heads=16, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")}
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+
+
+def _open_torch_or_safetensors(path: str) -> TensorSource:
+    from vlm3r_jax.convert.torch_pickle import TorchPickleSource
+
+    if path.endswith(".safetensors"):
+        return SafetensorsDir(path)
+    return TorchPickleSource(path)
+
+
+def find_adapter_weights(lora_dir: str) -> str:
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        p = os.path.join(lora_dir, name)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(
+        f"no PEFT adapter in {lora_dir}: expected adapter_model.safetensors or adapter_model.bin "
+        "(with adapter_config.json)"
+    )
+
+
+def resolve_vision_config(cfg_json: dict, base_dir: str, search_dirs: list[str], source: TensorSource,
+                          vision_config: str | dict | None = None) -> dict:
+    """The SigLIP tower's HF config. The released base names its tower by hub id
+    (``mm_vision_tower``) only; we look, in order, at: the ``vision_config`` argument, a
+    ``vision_config`` dict inside the model config, the local Hugging Face cache for that hub
+    id, SigLIP configs in directories next to the checkpoint, and finally a table of known
+    towers keyed by the width read from the weights."""
+    if isinstance(vision_config, dict):
+        return vision_config
+    if isinstance(vision_config, str):
+        return _read_json(os.path.join(vision_config, "config.json") if os.path.isdir(vision_config) else vision_config)
+    if isinstance(cfg_json.get("vision_config"), dict):
+        return cfg_json["vision_config"]
+    width = source.shape(SIGLIP_PREFIX + "embeddings.patch_embedding.weight")[0]
+    hub_id = cfg_json.get("mm_vision_tower")
+    candidates = []
+    if hub_id:
+        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+            os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+        candidates += glob.glob(os.path.join(cache, "models--" + hub_id.replace("/", "--"), "snapshots", "*",
+                                             "config.json"))
+        if os.path.isdir(hub_id):
+            candidates.append(os.path.join(hub_id, "config.json"))
+    for d in search_dirs:
+        candidates += glob.glob(os.path.join(os.path.dirname(os.path.abspath(d)), "*", "config.json"))
+    for c in candidates:
+        try:
+            d = _read_json(c)
+        except (OSError, CheckpointError):
+            continue
+        d = d.get("vision_config", d) if isinstance(d.get("vision_config"), dict) else d
+        if d.get("model_type") in ("siglip_vision_model", "siglip") and d.get("hidden_size") == width:
+            return d
+    if width in _KNOWN_SIGLIP:
+        patch = source.shape(SIGLIP_PREFIX + "embeddings.patch_embedding.weight")[-1]
+        n_pos = source.shape(SIGLIP_PREFIX + "embeddings.position_embedding.weight")[0]
+        inter = source.shape(SIGLIP_PREFIX + "encoder.layers.0.mlp.fc1.weight")[0]
+        return dict(model_type="siglip_vision_model", hidden_size=width, patch_size=patch,
+                    image_size=int(round(n_pos ** 0.5)) * patch, intermediate_size=inter, **_KNOWN_SIGLIP[width])
+    raise CheckpointError(
+        f"cannot determine the SigLIP config (width {width}) for {base_dir}: mm_vision_tower={hub_id!r} is not in "
+        "the local Hugging Face cache and no SigLIP config.json was found next to the checkpoint. Pass "
+        "vision_config=<dir or config.json of the SigLIP tower>."
+    )
+
+
+def _count_layers(keys, prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
+    idx = {int(m.group(1)) for k in keys if (m := pat.match(k))}
+    return max(idx) + 1 if idx else 0
+
+
+def _vocab_rows(n: int, axis: int):
+    """Keep the first ``n`` vocabulary rows (``resize_token_embeddings(len(tokenizer))``)."""
+    def fn(x):
+        return x[:n] if axis == 0 else x[:, :n]
+    return fn
+
+
+def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | None, *, dtype: str = "float32",
+                         vision_config: str | dict | None = None, keep_lora: bool = False,
+                         attention_impl: str = "auto") -> tuple[Any, dict]:
+    """VLM3RConfig for a released checkpoint; returns (config, info) where info holds the
+    sources and facts the loader needs."""
+    from data_pipeline.tokenizer import QwenTokenizer
+    from vlm3r_jax.convert import cut3r_ckpt
+    from vlm3r_jax.models.fusion import FusionConfig
+    from vlm3r_jax.models.lora import LoRAConfig
+    from vlm3r_jax.models.projector import ProjectorConfig
+    from vlm3r_jax.models.qwen2 import Qwen2Config
+    from vlm3r_jax.models.siglip import SiglipVisionConfig
+    from vlm3r_jax.models.vlm3r import LLM_LORA_TARGETS, VLM3RConfig
+
+    if not os.path.isdir(base_dir):
+        raise FileNotFoundError(f"base model directory does not exist: {base_dir}")
+    cfg_dir = lora_dir or base_dir
+    cfg_path = os.path.join(cfg_dir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"no config.json in {cfg_dir} (the VLM-3R config with spatial_tower/fusion_block)")
+    cj = _read_json(cfg_path)
+    base = SafetensorsDir(base_dir)
+    tok = QwenTokenizer.from_dir(base_dir)
+    vocab = len(tok)
+    llm = Qwen2Config.from_hf_config(
+        cj, source=cfg_path, vocab_size=int(cj["vocab_size"]), tie_word_embeddings=False,
+        param_dtype=dtype, dtype=dtype, attention_impl=attention_impl,
+        eos_token_ids=tuple(i for i in (tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>"))
+                            if i is not None))
+    rows = base.shape("model.embed_tokens.weight")[0]
+    if vocab > rows:
+        raise CheckpointError(f"tokenizer in {base_dir} has {vocab} tokens but the embedding has {rows} rows")
+    llm = llm.replace(vocab_size=vocab)
+    vc = resolve_vision_config(cj, base_dir, [base_dir] + ([lora_dir] if lora_dir else []), base, vision_config)
+    n_layers = _count_layers(base.keys(), SIGLIP_PREFIX)
+    vision = SiglipVisionConfig.from_hf(vc, num_layers_used=n_layers, use_post_layernorm=False, use_head=False,
+                                        attention_impl="xla")
+    projector = ProjectorConfig.from_llava_config(cj, num_patches_per_side=vision.num_patches_per_side)
+    geo_cfg = None
+    fusion = FusionConfig(d_clip=int(cj.get("mm_hidden_size", vision.hidden_size)),
+                          d_spatial=int(cj.get("spatial_feature_dim", 768)))
+    spatial = cj.get("spatial_tower") or cj.get("mm_spatial_tower")
+    if spatial:
+        if spatial != "cut3r":
+            raise CheckpointError(f"{cfg_path}: spatial_tower {spatial!r} is not supported (only 'cut3r')")
+        if cj.get("fusion_block", "cross_attention") != "cross_attention":
+            raise CheckpointError(f"{cfg_path}: fusion_block {cj.get('fusion_block')!r} is not supported")
+        if geometry is None:
+            raise FileNotFoundError(f"{cfg_path} uses spatial_tower=cut3r: pass geometry=<path of the CUT3R .pth>")
+        kwargs, geo_src = cut3r_ckpt.open_checkpoint(geometry)
+        over = {**cut3r_ckpt.infer_dpt_sizes(geo_src), "dtype": dtype, "param_dtype": dtype}
+        geo_cfg = (kwargs.replace(**over) if not isinstance(kwargs, dict)
+                   else cut3r_ckpt.config_from_reference_kwargs(kwargs, **over))
+    lora = None
+    lora_info = None
+    if lora_dir is not None and os.path.exists(os.path.join(lora_dir, "adapter_config.json")):
+        ac = _read_json(os.path.join(lora_dir, "adapter_config.json"))
+        r = int(ac["r"])
+        alpha = float(ac.get("lora_alpha", r))
+        scale = alpha / (r ** 0.5) if ac.get("use_rslora") else alpha / r
+        lora_info = dict(r=r, alpha=alpha, scale=scale, dropout=float(ac.get("lora_dropout", 0.0)),
+                         path=find_adapter_weights(lora_dir))
+        if keep_lora:
+            lora = LoRAConfig(rank=r, alpha=scale * r, dropout=lora_info["dropout"], targets=LLM_LORA_TARGETS)
+    cfg = VLM3RConfig(
+        llm=llm, vision=vision, projector=projector, fusion=fusion, geometry=geo_cfg,
+        spatial_select=cj.get("spatial_tower_select_feature", "all"),
+        model_max_length=int(cj.get("tokenizer_model_max_length", 32768)), lora=lora)
+    info = dict(base=base, base_dir=base_dir, lora_dir=lora_dir, geometry=geometry, lora=lora_info,
+                tokenizer_dir=base_dir, config_json=cj)
+    return cfg, info
+
+
+def _llm_mapping(cfg, lora_src: TensorSource | None, scale: float, keep_lora: bool) -> dict[str, Src]:
+    from vlm3r_jax.convert.hf_qwen2 import hf_name_map
+
+    vocab = cfg.vocab_size
+    m: dict[str, Src] = {}
+    for ours, (key, t) in hf_name_map(cfg).items():
+        fn = transpose if t else (lambda x: x)
+        if ours == "embed.embedding":
+            m[ours] = Src(key, _vocab_rows(vocab, 0))
+            continue
+        if ours == "lm_head.kernel":
+            m[ours] = Src(key, lambda w, n=vocab: np.swapaxes(w[:n], 0, 1))
+            continue
+        m[ours] = Src(key, fn)
+        if lora_src is None or not key.endswith(".weight") or not t:
+            continue
+        a_key = "base_model.model." + key[: -len(".weight")] + ".lora_A.weight"
+        b_key = "base_model.model." + key[: -len(".weight")] + ".lora_B.weight"
+        if a_key not in lora_src.keys():
+            continue
+        mod = ours[: -len(".kernel")]
+        if keep_lora:
+            m[f"{mod}.lora.lora_a"] = Src("lora:" + a_key, transpose)
+            m[f"{mod}.lora.lora_b"] = Src("lora:" + b_key, transpose)
+        else:  # merge_and_unload: W + scale * B @ A, stored transposed as [in, out]
+            m[ours] = Src((key, "lora:" + a_key, "lora:" + b_key),
+                          lambda w, a, b, s=scale: np.swapaxes(
+                              w.astype(np.float32) + s * (b.astype(np.float32) @ a.astype(np.float32)), 0, 1))
+    return m
+
+
+class _UnionSource:
+    """Several TensorSources under name prefixes (``"lora:" + key``) for one load pass."""
+
+    def __init__(self, parts: dict[str, TensorSource]):
+        self.parts = parts
+
+    def _split(self, key: str):
+        for p, src in self.parts.items():
+            if p and key.startswith(p):
+                return src, key[len(p):]
+        return self.parts[""], key
+
+    def keys(self):
+        return [p + k for p, src in self.parts.items() for k in src.keys()]
+
+    def shape(self, key):
+        s, k = self._split(key)
+        return s.shape(k)
+
+    def get(self, key):
+        s, k = self._split(key)
+        return s.get(k)
+
+    def where(self, key=None):
+        if key is None:
+            return " + ".join(src.where() for src in self.parts.values())
+        s, k = self._split(key)
+        return s.where(k)
+
+
+def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = None, *, dtype: str = "float32",
+                 vision_config: str | dict | None = None, keep_lora: bool = False, attention_impl: str = "auto"):
+    """Loads a released VLM-3R (base LLaVA-Video-Qwen2 dir + PEFT LoRA dir with
+    ``non_lora_trainables.bin`` + CUT3R ``.pth``) the way the reference ``load_pretrained_model``
+    does: base weights, then the trained projector/fusion from ``non_lora_trainables.bin``, then the
+    LoRA adapters merged into the LLM (or kept as adapters with ``keep_lora=True``), then the
+    embeddings resized to ``len(tokenizer)``; CUT3R from its own checkpoint.
+
+    Returns ``(config, model, info)``.
+    """
+    from vlm3r_jax.convert import cut3r_ckpt
+    from vlm3r_jax.convert.hf_siglip import siglip_mapping
+    from vlm3r_jax.models.projector import projector_mapping
+    from vlm3r_jax.models.vlm3r import VLM3R
+
+    cfg, info = build_release_config(lora_dir, base_dir, geometry, dtype=dtype, vision_config=vision_config,
+                                     keep_lora=keep_lora, attention_impl=attention_impl)
+    base: SafetensorsDir = info["base"]
+    abstract = nnx.eval_shape(lambda: VLM3R(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    jdt = jnp.dtype(dtype)
+
+    # trained projector + fusion block (override the base's projector)
+    non_lora: TensorSource = DictSource({})
+    if lora_dir is not None:
+        nl_path = os.path.join(lora_dir, "non_lora_trainables.bin")
+        if os.path.exists(nl_path):
+            raw = _open_torch_or_safetensors(nl_path)
+            names = strip_non_lora_prefixes(raw.keys())
+            non_lora = DictSource({k: raw.get(v) for k, v in names.items()}, name=nl_path)
+        elif cfg.geometry is not None:
+            raise FileNotFoundError(f"{nl_path} is missing: it holds the trained fusion block and projector")
+    proj_src = DictSource({**{k: base.get(k) for k in base.keys() if k.startswith("model.mm_projector.")},
+                           "model.image_newline": base.get("model.image_newline")}
+                          if "model.image_newline" in base.keys() else
+                          {k: base.get(k) for k in base.keys() if k.startswith("model.mm_projector.")},
+                          name=base_dir)
+    proj_keys = {k: non_lora.get(k) for k in non_lora.keys() if k.startswith("model.mm_projector.")}
+    if proj_keys:
+        proj_src = DictSource({**{k: proj_src.get(k) for k in proj_src.keys()}, **proj_keys},
+                              name=f"{base_dir} + non_lora_trainables.bin")
+    state["mm_projector"] = load_state(state["mm_projector"], proj_src, projector_mapping(cfg.projector),
+                                       dtype=jdt, what="projector")
+    if cfg.geometry is not None:
+        fusion_src = DictSource({k: non_lora.get(k) for k in non_lora.keys() if k.startswith("model.fusion_block.")},
+                                name=non_lora.where())
+        state["fusion_block"] = load_state(state["fusion_block"], fusion_src, fusion_mapping(), dtype=jdt,
+                                           what="fusion block (non_lora_trainables.bin)")
+        _, geo_src = cut3r_ckpt.open_checkpoint(info["geometry"])
+        state["spatial_tower"] = load_state(state["spatial_tower"], geo_src,
+                                            cut3r_ckpt.name_map(state["spatial_tower"], set(geo_src.keys())),
+                                            ignore=cut3r_ckpt.IGNORED_SOURCE_KEYS, dtype=jdt,
+                                            what="CUT3R checkpoint")
+    vis_src = PrefixSource(base, SIGLIP_PREFIX)
+    state["vision_tower"] = load_state(state["vision_tower"], vis_src, siglip_mapping(cfg.vision), dtype=jdt,
+                                       ignore=[r"post_layernorm\..*", r"head\..*", r"embeddings\.position_ids"],
+                                       what="SigLIP tower (base checkpoint)")
+    parts: dict[str, TensorSource] = {"": base}
+    if info["lora"] is not None:
+        parts["lora:"] = _open_torch_or_safetensors(info["lora"]["path"])
+    llm_src = _UnionSource(parts)
+    scale = info["lora"]["scale"] if info["lora"] else 1.0
+    state["llm"] = load_state(
+        state["llm"], llm_src, _llm_mapping(cfg.llm, parts.get("lora:"), scale, keep_lora),
+        ignore=[r"model\.vision_tower\..*", r"model\.mm_projector\..*", r"model\.image_newline",
+                r".*rotary_emb\.inv_freq", r"lora:.*"],
+        dtype=jdt, what="Qwen2 LLM (base + LoRA)")
+    lora_src = parts.get("lora:")
+    if lora_src is not None:
+        used = {k for k in lora_src.keys() if ".lora_A." in k or ".lora_B." in k}
+        mapped = {k.split(":", 1)[1] for src in _llm_mapping(cfg.llm, lora_src, scale, keep_lora).values()
+                  for k in src.key_tuple if k.startswith("lora:")}
+        stray = sorted(used - mapped)
+        if stray:
+            raise CheckpointError(f"{lora_src.where()}: LoRA tensors for modules the model lacks: {stray[:10]}")
+    model = nnx.merge(graphdef, state)
+    return cfg, model, info

@@ -1,0 +1,118 @@
+"""Answer extraction and the two per-sample metrics shared by VSI-Bench and VSTI-Bench.
+
+Rules restated from the official scorer (thinking-in-space ``lmms_eval/tasks/vsibench/utils.py``,
+identical in VLM-3R's ``vstibench/utils.py``); the code here is our own:
+
+* extraction (``fuzzy_matching``): cut the text at its first ``' '`` (a plain space, not any
+  whitespace), strip trailing ``'.'`` characters, then strip whitespace. The lmms-eval model wrapper
+  has already ``.strip()``-ed the decoded text, so :func:`parse_prediction` strips first.
+* multiple choice: case-insensitive string equality of the extracted text with the answer letter.
+  "A", "a", "A." and "A. chair" score; "(A)", "A)", "Answer: A" and the bare option text do not.
+* numerical: ``float()`` of the extracted text (Python's own rules: "3", "3.", "1e1", "1_0" parse;
+  "3m", "1,000", "three" do not). An unparsable prediction or ground truth scores 0.
+* Mean Relative Accuracy: mean over the 10 values θ of ``np.linspace(.5, .95, int((.95-.5)/.05+2))``
+  of ``|ŷ-y|/y <= 1-θ`` (note ``<=``; the paper writes ``<``). We evaluate the same float expression
+  so boundary cases (e.g. |ŷ-y|/y == 0.5 passes θ=0.5) come out bit-identical.
+* y == 0: the official code divides by zero and the whole evaluation dies with ZeroDivisionError
+  when the prediction parses (an unparsable prediction still scores 0 first, via TypeError).
+  ``zero_target="raise"`` (default) reproduces that as a ValueError naming the sample;
+  ``zero_target="exact"`` scores 1 if ŷ == 0 else 0 (the limit of the rule, our extension).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+MRA_START, MRA_END, MRA_INTERVAL = 0.5, 0.95, 0.05
+# Same construction as the official code: (0.95-0.5)/0.05 + 2 = 10.999... -> int -> 10 points.
+MRA_THRESHOLDS = np.linspace(MRA_START, MRA_END, int((MRA_END - MRA_START) / MRA_INTERVAL + 2))
+ZERO_TARGET_POLICIES = ("raise", "exact")
+
+
+def fuzzy_matching(pred: str) -> str:
+    """The official answer extraction: first ``' '``-separated field, trailing dots and then
+    surrounding whitespace removed. ``"A. chair"`` -> ``"A"``, ``"3 chairs"`` -> ``"3"``."""
+    return pred.split(" ")[0].rstrip(".").strip()
+
+
+def parse_prediction(text: str) -> str:
+    """Extraction from the decoded model text as the whole official pipeline does it:
+    the model wrapper's ``.strip()`` followed by :func:`fuzzy_matching`."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    return fuzzy_matching(text.strip())
+
+
+def to_float(value: Any) -> float | None:
+    """``float(value)``, or None when that raises (the official ``to_float``)."""
+    try:
+        return float(value)
+    except Exception:
+        return None
+
+
+def exact_match(pred: str, target: Any) -> float:
+    """1.0 when ``pred`` equals ``target`` ignoring case, else 0.0."""
+    return 1.0 if pred.lower() == str(target).lower() else 0.0
+
+
+def mean_relative_accuracy(pred: float, target: float) -> float:
+    """MRA of one numeric prediction; ``target`` must be non-zero (see :func:`score_numeric`)."""
+    rel = abs(pred - target) / target
+    return float((rel <= 1 - MRA_THRESHOLDS).mean())
+
+
+def score_multiple_choice(prediction: str, answer: Any) -> dict[str, Any]:
+    """Per-sample MC score. ``answer`` is the option letter (VSI ``ground_truth``, VSTI ``mc_answer``).
+
+    Returns ``{"parsed", "score", "metric": "accuracy", "parsable"}``; ``parsable`` (one ASCII
+    letter was extracted) is informational only, the score follows the official rule."""
+    parsed = parse_prediction(prediction)
+    return {
+        "parsed": parsed,
+        "score": exact_match(parsed, answer),
+        "metric": "accuracy",
+        "parsable": len(parsed) == 1 and parsed.isascii() and parsed.isalpha(),
+    }
+
+
+def score_numeric(
+    prediction: str, ground_truth: Any, zero_target: str = "raise", sample_id: Any = None
+) -> dict[str, Any]:
+    """Per-sample NA score (MRA). Returns ``{"parsed", "score", "metric": "mra", "parsable"}``."""
+    if zero_target not in ZERO_TARGET_POLICIES:
+        raise ValueError(f"zero_target={zero_target!r}; expected one of {ZERO_TARGET_POLICIES}")
+    parsed = parse_prediction(prediction)
+    pred, target = to_float(parsed), to_float(ground_truth)
+    out = {"parsed": parsed, "score": 0.0, "metric": "mra", "parsable": pred is not None}
+    if pred is None or target is None:
+        return out  # the official TypeError branch: worst case, 0
+    if target == 0.0:
+        if zero_target == "raise":
+            raise ValueError(
+                f"sample {sample_id!r}: numerical ground_truth is 0, where relative accuracy divides by zero "
+                "(the official scorer dies with ZeroDivisionError here). Fix the record, or pass "
+                "zero_target='exact' (score 1 iff the prediction is exactly 0)."
+            )
+        out["score"] = 1.0 if pred == 0.0 else 0.0
+        return out
+    out["score"] = mean_relative_accuracy(pred, target)
+    return out
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean with numpy's pairwise summation (what pandas' ``.mean()`` uses)."""
+    if len(values) == 0:
+        raise ValueError("mean of no values")
+    return float(np.asarray(values, dtype=np.float64).mean())
+
+
+def group_means(pairs: Iterable[tuple[str, float]]) -> tuple[dict[str, float], dict[str, int]]:
+    """Mean score and count per key from ``(key, score)`` pairs; keys keep first-seen order."""
+    buckets: dict[str, list[float]] = {}
+    for key, value in pairs:
+        buckets.setdefault(key, []).append(float(value))
+    return {k: mean(v) for k, v in buckets.items()}, {k: len(v) for k, v in buckets.items()}

@@ -1,0 +1,461 @@
+"""Model-independent evaluation loop: ``run_eval(records, predict_fn, workdir, ...)``.
+
+``predict_fn(batch) -> list[str]`` gets a list of normalized records (see
+:mod:`vlm3r_jax.eval.records`), each with ``prompt`` (the official question text) and
+``video_path`` added, and returns one decoded answer per record. The loop
+
+* appends one JSON line per sample to ``<workdir>/samples.jsonl`` (a single ``write`` on an
+  O_APPEND descriptor, then fsync), so a crash loses at most the batch in flight;
+* on restart skips every id already there (a torn last line from a crash is cut off first);
+* counts records whose video is missing/unreadable, whose prediction raised, or that are malformed
+  as failures: they score 0 and stay in every denominator, and the table footer lists them;
+* recomputes all scores from the JSONL at the end (so a resumed run and an uninterrupted one give
+  the same table), then writes ``scores.json``, ``table.md`` and ``chart.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vlm3r_jax.eval import metrics, prompts, report, tasks, vsibench, vstibench
+
+PredictFn = Callable[[list[dict[str, Any]]], list[str]]
+SAMPLES_FILE, SCORES_FILE, TABLE_FILE, CHART_FILE = "samples.jsonl", "scores.json", "table.md", "chart.png"
+SCORERS = {"vsibench": vsibench, "vstibench": vstibench}
+VIDEO_CHECKS = ("none", "exists", "open")
+
+
+# --------------------------------------------------------------------------------------------
+# Baseline predictors (usable as predict_fn; also what tests run).
+# --------------------------------------------------------------------------------------------
+def _stable_int(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def chance_predictor(seed: int = 0, benchmark: str = "vsibench") -> PredictFn:
+    """Uniform random option letter for MC questions, seeded per (seed, record id) so the answer
+    does not depend on batching or resuming. NA questions get "" (chance is undefined there, the
+    table shows "–"; VSI-Bench's own chance row has no NA values either)."""
+
+    def predict(batch: list[dict[str, Any]]) -> list[str]:
+        out = []
+        for rec in batch:
+            letters = prompts.option_letters(rec)
+            if letters and tasks.is_multiple_choice(rec["question_type"], benchmark):
+                rng = np.random.default_rng([seed, _stable_int(str(rec["id"]))])
+                out.append(letters[int(rng.integers(len(letters)))])
+            else:
+                out.append("")
+        return out
+
+    predict.na_defined = False  # type: ignore[attr-defined]
+    predict.name = "chance"  # type: ignore[attr-defined]
+    return predict
+
+
+def prior_predictor(fit_records: Sequence[Mapping[str, Any]], benchmark: str = "vsibench") -> PredictFn:
+    """Blind prior: per question type, the most frequent answer letter (MC; ties -> first in
+    alphabetical order) or the mean ground truth (NA), fitted on ``fit_records`` (the test records
+    give VSI-Bench's "chance level (frequency)"; pass training records for a fair prior)."""
+    scorer = SCORERS[tasks.check_benchmark(benchmark)]
+    letters: dict[str, Counter] = {}
+    values: dict[str, list[float]] = {}
+    for i, rec in enumerate(fit_records):
+        if rec.get("_malformed") or rec.get("question_type") not in tasks.mc_types(benchmark) + tasks.na_types(
+            benchmark
+        ):
+            continue
+        answer = scorer.answer_of(rec, i)
+        if tasks.is_multiple_choice(rec["question_type"], benchmark):
+            letters.setdefault(rec["question_type"], Counter())[str(answer).strip().upper()] += 1
+        elif (v := metrics.to_float(answer)) is not None:
+            values.setdefault(rec["question_type"], []).append(v)
+    best = {qt: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for qt, c in letters.items()}
+    means = {qt: metrics.mean(v) for qt, v in values.items()}
+
+    def predict(batch: list[dict[str, Any]]) -> list[str]:
+        out = []
+        for rec in batch:
+            qt = rec["question_type"]
+            if qt in best:
+                out.append(best[qt])
+            elif qt in means:
+                out.append(f"{means[qt]:.4g}")
+            else:
+                out.append("")
+        return out
+
+    predict.name = "prior"  # type: ignore[attr-defined]
+    return predict
+
+
+# --------------------------------------------------------------------------------------------
+# Per-sample JSONL.
+# --------------------------------------------------------------------------------------------
+def read_samples(path: str, repair: bool = True) -> dict[str, dict[str, Any]]:
+    """id -> latest line of a per-sample JSONL. A torn final line (crash mid-write) is dropped and,
+    with ``repair``, cut from the file so appends continue on a clean line."""
+    out: dict[str, dict[str, Any]] = {}
+    if not os.path.exists(path):
+        return out
+    with open(path, "rb") as f:
+        data = f.read()
+    good_end = 0
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break  # no newline: torn last line
+        line = data[pos:nl]
+        pos = nl + 1
+        if not line.strip():
+            good_end = pos
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}: corrupt line at byte {pos - len(line) - 1} ({e.msg}); delete that line to resume"
+            ) from e
+        out[str(rec["id"])] = rec
+        good_end = pos
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return out
+
+
+class _Appender:
+    """Appends whole lines with one ``os.write`` each on an O_APPEND descriptor (+ fsync)."""
+
+    def __init__(self, path: str, fsync: bool = True):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.fsync = fsync
+
+    def write(self, obj: Mapping[str, Any]) -> None:
+        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        written = os.write(self.fd, data)
+        if written != len(data):  # pragma: no cover - only on a full disk
+            raise OSError(f"short write to samples.jsonl ({written}/{len(data)} bytes)")
+        if self.fsync:
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _NullAppender:
+    """What non-writer processes of a multi-host run use."""
+
+    def write(self, obj: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def check_video(path: str | None, mode: str = "exists") -> str | None:
+    """Why the video cannot be used (None when fine). ``mode``: "none" (skip), "exists" (a file is
+    there), "open" (PyAV opens it and decodes one frame)."""
+    if mode not in VIDEO_CHECKS:
+        raise ValueError(f"check_videos={mode!r}; expected one of {VIDEO_CHECKS}")
+    if mode == "none":
+        return None
+    if not path or not os.path.isfile(path):
+        return f"video missing: {path}"
+    if mode == "open":
+        try:
+            import av
+
+            with av.open(path) as container:
+                if not container.streams.video:
+                    return f"video unreadable: {path} has no video stream"
+                next(container.decode(video=0))
+        except Exception as e:  # any decoder error means the sample cannot be answered
+            return f"video unreadable: {path} ({type(e).__name__}: {e})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The loop.
+# --------------------------------------------------------------------------------------------
+def _line(
+    rec: Mapping[str, Any],
+    benchmark: str,
+    prediction: str,
+    status: str,
+    error: str | None,
+    zero_target: str,
+    predictor: str,
+) -> dict:
+    line = {
+        "id": rec["id"],
+        "question_type": rec.get("question_type"),
+        "task": None,
+        "ground_truth": rec.get("ground_truth"),
+        "prediction": prediction,
+        "parsed": None,
+        "score": 0.0,
+        "metric": None,
+        "status": status,
+        "error": error,
+        "predictor": predictor,
+    }
+    if "mc_answer" in rec:
+        line["mc_answer"] = rec["mc_answer"]
+    if not rec.get("_malformed"):
+        res = SCORERS[benchmark].score_sample({**rec, "prediction": prediction}, zero_target)
+        line.update(
+            task=res["task"], parsed=res["parsed"], score=res["score"], metric=res["metric"], parsable=res["parsable"]
+        )
+    return line
+
+
+def _check_zero_targets(records: Sequence[Mapping[str, Any]], benchmark: str) -> None:
+    bad = [
+        r["id"]
+        for r in records
+        if not r.get("_malformed")
+        and r["question_type"] in tasks.na_types(benchmark)
+        and metrics.to_float(r["ground_truth"]) == 0.0
+    ]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} numerical records have ground_truth 0 (ids {bad[:10]}): relative accuracy is undefined and "
+            "the official scorer crashes on them. Fix the records or set zero_target='exact' (config.zero_target)."
+        )
+
+
+def run_eval(
+    records: Sequence[Mapping[str, Any]],
+    predict_fn: PredictFn,
+    workdir: str,
+    batch_size: int = 1,
+    benchmark: str = "vsibench",
+    *,
+    predictor_name: str | None = None,
+    check_videos: str = "exists",
+    zero_target: str = "raise",
+    prompt_kwargs: Mapping[str, str] | None = None,
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
+    include_paper_row: bool = True,
+    chart_baseline: str | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    fsync: bool = True,
+    print_table: bool = True,
+    writer: bool = True,
+) -> dict[str, Any] | None:
+    """Runs ``predict_fn`` over ``records`` (normalized, see :func:`records.load_records`) in batches,
+    resumably, and writes ``samples.jsonl``, ``scores.json``, ``table.md`` and ``chart.png`` under
+    ``workdir``. Returns ``{"scores", "table_row", "counts", "footer", "table", "paths"}``.
+
+    ``baselines``: extra table rows {name: scores}; ``chart_baseline``: the row (a baseline name or
+    the paper row's name) drawn next to this run in the chart.
+
+    Multi-host SPMD: call it on every process with the same records and a shared ``workdir`` and
+    ``writer=(jax.process_index() == 0)``; all processes then run the same batches (the resume set
+    is read before anything is written) and only the writer writes files (others return None).
+    """
+    tasks.check_benchmark(benchmark)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; must be >= 1")
+    metrics.score_numeric("0", 1, zero_target)  # validates the policy name early
+    predictor_name = predictor_name or getattr(predict_fn, "name", "model")
+    ids = [str(r["id"]) for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("records have duplicate ids; resuming keys on ids, make them unique")
+    if zero_target == "raise":
+        _check_zero_targets(records, benchmark)
+    os.makedirs(workdir, exist_ok=True)
+    samples_path = os.path.join(workdir, SAMPLES_FILE)
+    done = read_samples(samples_path, repair=writer)  # only the writer may cut a torn line
+
+    def pending(rec: Mapping[str, Any]) -> bool:
+        prev = done.get(str(rec["id"]))
+        if prev is None:
+            return True
+        if prev.get("status") == "malformed" and not rec.get("_malformed"):
+            return True  # the record was fixed since: answer it now
+        return retry_failed and prev.get("status") == "failed"
+
+    todo = [r for r in records if pending(r)]
+    appender = _Appender(samples_path, fsync=fsync) if writer else _NullAppender()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(records),
+        initial=len(records) - len(todo),
+        unit="q",
+        desc=f"{benchmark}:{predictor_name}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        queue: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if not queue:
+                return
+            results = _predict_isolating(predict_fn, queue)
+            for rec, (pred, err) in zip(queue, results):
+                status = "ok" if err is None else "failed"
+                appender.write(_line(rec, benchmark, pred, status, err, zero_target, predictor_name))
+            bar.update(len(queue))
+            queue.clear()
+
+        for rec in todo:
+            if rec.get("_malformed"):
+                appender.write(_line(rec, benchmark, "", "malformed", rec["_malformed"], zero_target, predictor_name))
+                bar.update(1)
+                continue
+            why = check_video(rec.get("video_path"), check_videos)
+            if why:
+                appender.write(_line(rec, benchmark, "", "failed", why, zero_target, predictor_name))
+                bar.update(1)
+                continue
+            queue.append({**rec, "prompt": prompts.build_question(rec, benchmark, **dict(prompt_kwargs or {}))})
+            if len(queue) >= batch_size:
+                flush()
+        flush()
+    finally:
+        bar.close()
+        appender.close()
+    if not writer:
+        return None
+    return finalize(
+        records,
+        workdir,
+        benchmark,
+        predictor_name=predictor_name,
+        zero_target=zero_target,
+        na_defined=getattr(predict_fn, "na_defined", True),
+        baselines=baselines,
+        include_paper_row=include_paper_row,
+        chart_baseline=chart_baseline,
+        print_table=print_table,
+    )
+
+
+def _predict_isolating(predict_fn: PredictFn, batch: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    """(prediction, error) per record. When a batch call raises (e.g. one unreadable video), each
+    record is retried alone so one bad sample does not fail its neighbours. Answers are
+    ``.strip()``-ed as the lmms-eval model wrapper does."""
+    try:
+        preds = predict_fn(batch)
+        if len(preds) != len(batch):
+            raise ValueError(f"predict_fn returned {len(preds)} answers for {len(batch)} records")
+        return [(("" if p is None else str(p)).strip(), None) for p in preds]
+    except Exception as e:
+        if len(batch) > 1:
+            return [r for rec in batch for r in _predict_isolating(predict_fn, [rec])]
+        return [("", f"predictor error: {type(e).__name__}: {e}")]
+
+
+def finalize(
+    records: Sequence[Mapping[str, Any]],
+    workdir: str,
+    benchmark: str,
+    *,
+    predictor_name: str = "model",
+    zero_target: str = "raise",
+    na_defined: bool = True,
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
+    include_paper_row: bool = True,
+    chart_baseline: str | None = None,
+    print_table: bool = True,
+) -> dict[str, Any]:
+    """Scores ``samples.jsonl`` against ``records`` (record order) and writes the result files.
+    Records without a line yet count as failures ("not run")."""
+    scorer = SCORERS[benchmark]
+    lines = read_samples(os.path.join(workdir, SAMPLES_FILE), repair=False)
+    pairs: list[tuple[str, float]] = []
+    footer: dict[str, Any] = {"failed": [], "malformed": [], "unattributed": [], "n_unparsable": 0}
+    known = set(tasks.mc_types(benchmark) + tasks.na_types(benchmark))
+    for rec in records:
+        rid = str(rec["id"])
+        line = lines.get(rid)
+        qt = rec.get("question_type")
+        if rec.get("_malformed"):
+            footer["malformed"].append({"id": rid, "reason": rec["_malformed"]})
+            if qt in known:
+                pairs.append((qt, 0.0))
+            else:
+                footer["unattributed"].append({"id": rid, "reason": f"question_type {qt!r}"})
+            continue
+        if line is None:
+            footer["failed"].append({"id": rid, "reason": "not run (no line in samples.jsonl)"})
+            pairs.append((qt, 0.0))
+            continue
+        res = scorer.score_sample({**rec, "prediction": line.get("prediction") or ""}, zero_target)
+        pairs.append((qt, res["score"]))
+        if line.get("status") == "failed":
+            footer["failed"].append({"id": rid, "reason": line.get("error") or "failed"})
+        elif not res["parsable"]:
+            footer["n_unparsable"] += 1
+    footer.update(
+        total=len(pairs),
+        n_failed=len(footer["failed"]),
+        n_malformed=len(footer["malformed"]),
+        n_unattributed=len(footer["unattributed"]),
+        n_records=len(records),
+    )
+    scores = scorer.aggregate(pairs) if pairs else {}
+    counts: dict[str, int] = {"_total": len(pairs)}
+    for qt, _ in pairs:
+        key = tasks.task_of(qt, benchmark)
+        counts[key] = counts.get(key, 0) + 1
+    table_row: dict[str, float | None] = dict(scores)
+    if not na_defined:
+        for k in report.na_score_keys(benchmark) | {"overall", "paper_avg"}:
+            if k in table_row:
+                table_row[k] = None
+    rows: dict[str, Mapping[str, float | None]] = {predictor_name: table_row}
+    rows.update(baselines or {})
+    if include_paper_row:
+        rows.update(report.PAPER_ROWS[benchmark])
+    table = report.markdown_table(benchmark, rows, footer, counts)
+    paths = {
+        "samples": os.path.join(workdir, SAMPLES_FILE),
+        "scores": os.path.join(workdir, SCORES_FILE),
+        "table": os.path.join(workdir, TABLE_FILE),
+        "chart": os.path.join(workdir, CHART_FILE),
+    }
+    report.write_json(
+        paths["scores"],
+        {
+            "benchmark": benchmark,
+            "predictor": predictor_name,
+            "scores": scores,
+            "table_row": table_row,
+            "counts": counts,
+            "footer": footer,
+            "extra_ids_in_samples": len(set(lines) - {str(r["id"]) for r in records}),
+        },
+    )
+    report.atomic_write(paths["table"], table)
+    chart_rows = {predictor_name: table_row}
+    if chart_baseline:
+        if chart_baseline not in rows:
+            raise ValueError(f"chart_baseline {chart_baseline!r} is not a table row; rows: {list(rows)}")
+        chart_rows[chart_baseline] = rows[chart_baseline]
+    if scores:
+        report.bar_chart(paths["chart"], benchmark, chart_rows, title=f"{benchmark}: {predictor_name}")
+    if print_table:
+        print(table)
+    return {
+        "scores": scores,
+        "table_row": table_row,
+        "counts": counts,
+        "footer": footer,
+        "table": table,
+        "paths": paths,
+    }

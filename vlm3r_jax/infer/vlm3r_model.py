@@ -1,0 +1,223 @@
+"""``VLM3RModel``: what :func:`vlm3r_jax.api.load_vlm3r` returns.
+
+Owns the tokenizer, the (graphdef, params) of a :class:`~vlm3r_jax.models.vlm3r.VLM3R` and the
+jitted pure functions: ``logits`` (the spliced forward), ``generate`` (video encoding + splice
+once, then the shared KV-cache sampler of :mod:`vlm3r_jax.infer.sampling`), and ``answer``
+(decode + sample a video file or array, the official prompt, greedy decoding).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from data_pipeline.chat_template import TemplateConfig, question_prompt, tokenize_prompt
+from data_pipeline.image_preprocess import siglip_preprocess_np
+from data_pipeline.tokenizer import QwenTokenizer
+from vlm3r_jax.infer.sampling import SamplingConfig, generate
+from vlm3r_jax.models.splice import check_length, placeholder_positions
+from vlm3r_jax.models.vlm3r import VLM3R, VLM3RConfig
+
+OURS_CONFIG = "vlm3r_config.json"
+
+
+def _left_align(embeds: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Right-padded rows -> left-padded rows (the sampler wants every prompt to end at one slot)."""
+    t = mask.shape[1]
+    n = jnp.sum(mask, axis=1)
+    shift = (t - n)[:, None]
+    src = jnp.mod(jnp.arange(t)[None, :] - shift, t)
+    emb = jnp.take_along_axis(embeds, src[..., None], axis=1)
+    new_mask = (jnp.arange(t)[None, :] >= shift).astype(mask.dtype)
+    return emb, new_mask
+
+
+class VLM3RModel:
+    """A loaded VLM-3R for notebooks and scripts (see docs/architecture.md, Public API)."""
+
+    def __init__(self, cfg: VLM3RConfig, model: VLM3R, tokenizer: QwenTokenizer, *, num_frames: int = 32,
+                 template: TemplateConfig | None = None, info: dict | None = None):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.num_frames = num_frames
+        self.template = template or TemplateConfig(max_length=cfg.model_max_length)
+        self.info = info or {}
+        model.eval()
+        self.graphdef, self.params = nnx.split(model)
+        self._forward = jax.jit(self._forward_impl)
+        self._prefill = jax.jit(self._prefill_impl)
+        # stable function objects: the sampler's jit cache is keyed on them
+        self._step_fn = functools.partial(VLM3RModel._step, self.graphdef)
+        self._embed_fn = functools.partial(VLM3RModel._embed, self.graphdef)
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str, base: str | None = None, geometry: str | None = None, *,
+                        dtype: str = "float32", vision_config: str | dict | None = None, keep_lora: bool = False,
+                        num_frames: int = 32, attention_impl: str = "auto") -> VLM3RModel:
+        """``path``: a directory written by :meth:`save_pretrained` / our trainer, or a released
+        LoRA dir (``adapter_config.json`` + adapter weights + ``non_lora_trainables.bin`` +
+        ``config.json``) together with ``base`` (LLaVA-Video-Qwen2 dir) and ``geometry`` (CUT3R .pth)."""
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"model directory does not exist: {path}")
+        if os.path.exists(os.path.join(path, OURS_CONFIG)):
+            return cls._from_ours(path, dtype=dtype, num_frames=num_frames)
+        released = any(os.path.exists(os.path.join(path, f)) for f in
+                       ("adapter_config.json", "non_lora_trainables.bin"))
+        if not released and base is None:
+            raise FileNotFoundError(
+                f"{path} is neither a vlm3r_jax checkpoint (no {OURS_CONFIG}) nor a released VLM-3R LoRA dir "
+                "(no adapter_config.json / non_lora_trainables.bin). For a released model pass "
+                "base=<LLaVA-Video-Qwen2 dir> and geometry=<CUT3R .pth>.")
+        if base is None:
+            raise FileNotFoundError(f"{path} is a released LoRA dir: pass base=<the LLaVA-Video-Qwen2 base directory>")
+        from vlm3r_jax.convert.vlm3r_release import load_release
+
+        cfg, model, info = load_release(path, base, geometry, dtype=dtype, vision_config=vision_config,
+                                        keep_lora=keep_lora, attention_impl=attention_impl)
+        tok = QwenTokenizer.from_dir(info["tokenizer_dir"])
+        return cls(cfg, model, tok, num_frames=num_frames, info=info)
+
+    @classmethod
+    def _from_ours(cls, path: str, *, dtype: str, num_frames: int) -> VLM3RModel:
+        from vlm3r_jax.convert.vlm3r_ours import load_ours
+
+        cfg, model = load_ours(path, dtype=dtype)
+        return cls(cfg, model, QwenTokenizer.from_dir(path), num_frames=num_frames)
+
+    def save_pretrained(self, path: str) -> None:
+        """Writes our format: ``vlm3r_config.json`` + ``model.safetensors`` + tokenizer files."""
+        from vlm3r_jax.convert.vlm3r_ours import save_ours
+
+        save_ours(path, self.cfg, nnx.merge(self.graphdef, self.params), self.tokenizer)
+
+    @property
+    def video_token_id(self) -> int:
+        return self.cfg.video_token_id
+
+    @property
+    def model(self) -> VLM3R:
+        return nnx.merge(self.graphdef, self.params)
+
+    # --- pure functions -------------------------------------------------------------------------
+    def _forward_impl(self, params, input_ids, frames, attention_mask):
+        model = nnx.merge(self.graphdef, params)
+        logits, _ = model(input_ids, frames, attention_mask=attention_mask)
+        return logits
+
+    def _prefill_impl(self, params, input_ids, frames, attention_mask):
+        model = nnx.merge(self.graphdef, params)
+        sp = model.embed_prompt(input_ids, frames, attention_mask=attention_mask)
+        return _left_align(sp["inputs_embeds"], sp["attention_mask"])
+
+    @staticmethod
+    def _step(graphdef, params, cache, embeds, mask):
+        return nnx.merge(graphdef, params).llm.last_logits(embeds, mask, cache)
+
+    @staticmethod
+    def _embed(graphdef, params, ids):
+        return nnx.merge(graphdef, params).llm.embed_tokens(ids)
+
+    # --- checks -----------------------------------------------------------------------------------
+    def _check(self, input_ids: np.ndarray, frames: Any) -> tuple[np.ndarray, Any]:
+        input_ids = np.asarray(input_ids)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        if frames is None:
+            return input_ids, None
+        frames = jnp.asarray(frames)
+        if frames.ndim == 4:
+            frames = frames[None]
+        if frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be float [B, N, H, W, 3] (SigLIP-normalised), got {tuple(frames.shape)}")
+        if not jnp.issubdtype(frames.dtype, jnp.floating):
+            raise TypeError(f"frames must be float SigLIP-normalised pixels in [-1, 1], got {frames.dtype}; "
+                            "use data_pipeline.image_preprocess.siglip_preprocess_np on uint8 frames")
+        if frames.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"{input_ids.shape[0]} prompts but {frames.shape[0]} videos")
+        pos = placeholder_positions(input_ids, self.video_token_id)
+        check_length(input_ids.shape[1], self.cfg.num_video_tokens(frames.shape[1]), pos,
+                     self.cfg.model_max_length, "error")
+        return input_ids, frames
+
+    # --- public API -------------------------------------------------------------------------------
+    def logits(self, input_ids: Any, frames: Any, attention_mask: Any = None) -> jax.Array:
+        """input_ids int [B, T] with one placeholder per row (``video_token_id``); frames float
+        [B, N, H, W, 3] SigLIP-normalised -> logits [B, T - 1 + N_video_tokens, vocab] (right padding)."""
+        ids, frames = self._check(input_ids, frames)
+        mask = None if attention_mask is None else jnp.asarray(attention_mask)
+        return self._forward(self.params, jnp.asarray(ids), frames, mask)
+
+    def generate(self, input_ids: Any, frames: Any, *, attention_mask: Any = None, max_new_tokens: int = 64,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+        """Right-padded prompts + videos -> new token ids int [B, max_new_tokens] (eos-padded).
+        Stops at ``<|im_end|>`` as the official eval does."""
+        ids, frames = self._check(input_ids, frames)
+        b, t = ids.shape
+        mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        embeds, emb_mask = self._prefill(self.params, jnp.asarray(ids), frames, mask)
+        cache = self.model.llm.init_cache(b, embeds.shape[1] + max_new_tokens)
+        scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              eos_ids=tuple(self.cfg.llm.eos_token_ids))
+        out = generate(self._step_fn, self._embed_fn, self.params, cache, embeds, emb_mask,
+                       jax.random.key(seed), config=scfg)
+        return np.asarray(out.tokens)
+
+    def prepare_video(self, video: Any, num_frames: int | None = None) -> np.ndarray:
+        """A path (video file or frame directory) or uint8 [N, H, W, 3] -> float [n, S, S, 3]
+        (n = ``num_frames`` sampled by the reference rule, S = the tower's image size)."""
+        from data_pipeline.video import load_video, sample_indices
+
+        n = num_frames or self.num_frames
+        if isinstance(video, (str, os.PathLike)):
+            if not os.path.exists(video):
+                raise FileNotFoundError(f"video not found: {video}")
+            frames = load_video(os.fspath(video), n).frames
+        else:
+            frames = np.asarray(video)
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+                raise ValueError(f"video array must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
+            if frames.shape[0] != n:
+                frames = frames[sample_indices(frames.shape[0], n)]
+        return siglip_preprocess_np(frames, self.cfg.vision.image_size)
+
+    def prompt_ids(self, question: str, with_video: bool = True) -> np.ndarray:
+        """The official single-turn prompt (``<image>\\n`` + question, qwen_1_5 template)."""
+        conv = question_prompt(question) if with_video else [{"from": "human", "value": question}]
+        return tokenize_prompt(self.tokenizer, conv, self.template, require_placeholder=with_video).input_ids
+
+    def answer(self, video: Any, question: str, max_new_tokens: int = 64, *, num_frames: int | None = None,
+               temperature: float = 0.0, seed: int = 0) -> str:
+        """Answers ``question`` about ``video`` (path or uint8 [N, H, W, 3]; None = text only)."""
+        ids = self.prompt_ids(question, with_video=video is not None)
+        frames = None if video is None else self.prepare_video(video, num_frames)[None]
+        toks = self.generate(ids[None], frames, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)[0]
+        return self.tokenizer.decode([int(t) for t in toks], skip_special_tokens=True).strip()
+
+    def answer_batch(self, videos: Sequence[Any], questions: Sequence[str], max_new_tokens: int = 16, *,
+                     num_frames: int | None = None) -> list[str]:
+        """Several (video, question) pairs in one batch (right-padded, then left-aligned for decoding)."""
+        rows = [self.prompt_ids(q) for q in questions]
+        t = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_id
+        ids = np.full((len(rows), t), pad, np.int32)
+        mask = np.zeros((len(rows), t), np.int32)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        frames = np.stack([self.prepare_video(v, num_frames) for v in videos])
+        toks = self.generate(ids, frames, attention_mask=mask, max_new_tokens=max_new_tokens)
+        return [self.tokenizer.decode([int(x) for x in row], skip_special_tokens=True).strip() for row in toks]
+
+    def describe(self) -> str:
+        c = self.cfg
+        return json.dumps({"llm_layers": c.llm.num_layers, "hidden": c.llm.hidden_size, "vocab": c.llm.vocab_size,
+                           "siglip_layers": c.vision.layers, "geometry": c.geometry is not None})

@@ -1,0 +1,183 @@
+"""VLM-3R: SigLIP + CUT3R -> Spatial-Visual-View Fusion -> LLaVA-Video projector -> Qwen2.
+
+Per video (the frames of one video are one CUT3R recurrence; videos in a batch never share
+state, unlike the reference, which needs per-device batch 1 for this)::
+
+    frames [B, F, 384, 384, 3] (SigLIP-normalised, [-1, 1])
+      SigLIP (last layer dropped, no post-LN)       -> [B*F, 729, Dv]
+      bilinear 384 -> 432, CUT3R recurrence          -> [B, F, 1 + 729, Dg]  (camera token first)
+      CrossAttentionFusion (per frame)               -> [B*F, 729, Dv]
+      mm_projector (mlp2x_gelu) -> 2x2 bilinear pool -> newline after each row -> [B, F*210, D]
+    splice into the embedded prompt at the placeholder (id -200), positions 0..L-1 -> Qwen2.
+
+Module names match the reference's top-level names (``vision_tower``, ``spatial_tower``,
+``fusion_block``, ``mm_projector``) so parameter paths read like the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from flax import nnx
+
+from data_pipeline.image_preprocess import resize_bilinear
+from vlm3r_jax.models.cut3r.config import Cut3rConfig
+from vlm3r_jax.models.cut3r.model import Cut3r
+from vlm3r_jax.models.fusion import CrossAttentionFusion, FusionConfig
+from vlm3r_jax.models.lora import LoRAConfig
+from vlm3r_jax.models.projector import ProjectorConfig, VisionProjector, layout_video_tokens
+from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
+from vlm3r_jax.models.siglip import SiglipVisionConfig, SiglipVisionModel
+from vlm3r_jax.models.splice import splice_video
+
+SPATIAL_SELECT = ("all", "all_tokens", "camera_tokens,patch_tokens", "camera_tokens", "patch_tokens")
+
+# The paper trains LoRA on every Linear of the LLM (q, k, v, o, gate, up, down).
+LLM_LORA_TARGETS = (r"llm\.layers\.\d+\.(attn\.(q|k|v|o)|mlp\.(gate|up|down))",)
+# ... plus the fusion block and the projector in full; everything else stays frozen.
+DEFAULT_TRAINABLE = (r"fusion_block\..*", r"mm_projector\.linears\..*")
+
+
+@dataclasses.dataclass(frozen=True)
+class VLM3RConfig:
+    llm: Qwen2Config
+    vision: SiglipVisionConfig
+    projector: ProjectorConfig
+    fusion: FusionConfig
+    geometry: Cut3rConfig | None  # None: no 3D branch (plain LLaVA-Video)
+    geometry_image_size: tuple[int, int] = (432, 432)  # hard-coded 432 in the reference
+    spatial_select: str = "all"  # which CUT3R tokens the fusion attends to
+    video_token_id: int = -200  # IMAGE_TOKEN_INDEX
+    model_max_length: int = 32768
+    truncation: str = "error"  # or "truncate" (text after the video only)
+    lora: LoRAConfig | None = None  # None: no adapters attached at construction
+
+    def __post_init__(self):
+        if self.spatial_select not in SPATIAL_SELECT:
+            raise ValueError(f"spatial_select {self.spatial_select!r} not in {SPATIAL_SELECT}")
+        if self.projector.mm_hidden_size != self.vision.hidden_size:
+            raise ValueError(
+                f"projector.mm_hidden_size {self.projector.mm_hidden_size} != SigLIP width {self.vision.hidden_size}"
+            )
+        if self.projector.hidden_size != self.llm.hidden_size:
+            raise ValueError(f"projector.hidden_size {self.projector.hidden_size} != LLM width {self.llm.hidden_size}")
+        if self.geometry is not None:
+            if self.fusion.d_clip != self.vision.hidden_size or self.fusion.d_spatial != self.geometry.dec_embed_dim:
+                raise ValueError(
+                    f"fusion dims (d_clip={self.fusion.d_clip}, d_spatial={self.fusion.d_spatial}) must equal the "
+                    f"SigLIP width {self.vision.hidden_size} and CUT3R dec_embed_dim {self.geometry.dec_embed_dim}"
+                )
+        if self.truncation not in ("error", "truncate"):
+            raise ValueError(f"truncation must be 'error' or 'truncate', got {self.truncation!r}")
+
+    def replace(self, **changes: Any) -> VLM3RConfig:
+        return dataclasses.replace(self, **changes)
+
+    def num_video_tokens(self, num_frames: int) -> int:
+        return self.projector.num_video_tokens(num_frames)
+
+
+class VLM3R(nnx.Module):
+    def __init__(self, cfg: VLM3RConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dtype = jnp.dtype(cfg.llm.dtype)
+        pdt = jnp.dtype(cfg.llm.param_dtype)
+        self.vision_tower = SiglipVisionModel(cfg.vision, dtype=dtype, param_dtype=pdt, rngs=rngs)
+        self.spatial_tower = Cut3r(cfg.geometry, rngs=rngs) if cfg.geometry is not None else None
+        self.fusion_block = (
+            CrossAttentionFusion(cfg.fusion, param_dtype=pdt, rngs=rngs) if cfg.geometry is not None else None
+        )
+        self.mm_projector = VisionProjector(cfg.projector, dtype=dtype, param_dtype=pdt, rngs=rngs)
+        self.llm = Qwen2(cfg.llm, rngs=rngs)
+        if cfg.lora is not None:
+            from vlm3r_jax.models.lora import attach_lora
+
+            attach_lora(self, cfg.lora, rngs=rngs, param_dtype=pdt)
+
+    # --- the video branch -----------------------------------------------------------------------
+    def geometry_tokens(self, frames: jax.Array) -> jax.Array:
+        """frames [B, F, H, W, 3] (SigLIP view) -> CUT3R tokens [B, F, G, Dg] per ``spatial_select``.
+
+        Each video is its own recurrence (batch axis = videos). CUT3R is frozen: no gradient."""
+        b, f = frames.shape[:2]
+        x = resize_bilinear(rearrange(frames, "b f h w c -> (b f) h w c"), self.cfg.geometry_image_size)
+        x = rearrange(x, "(b f) h w c -> b f h w c", b=b).astype(jnp.dtype(self.cfg.geometry.dtype))
+        tokens = self.spatial_tower.tokens(x)  # [B, F, 1 + N, Dg], camera token first
+        sel = self.cfg.spatial_select
+        if sel == "camera_tokens":
+            tokens = tokens[:, :, :1]
+        elif sel == "patch_tokens":
+            tokens = tokens[:, :, 1:]
+        return jax.lax.stop_gradient(tokens)
+
+    def visual_features(self, frames: jax.Array) -> jax.Array:
+        """frames [B, F, H, W, 3] -> SigLIP patch features [B*F, P, Dv] (frozen)."""
+        feats = self.vision_tower.features(rearrange(frames, "b f h w c -> (b f) h w c"))
+        return jax.lax.stop_gradient(feats)
+
+    def fuse(self, features: jax.Array, geometry: jax.Array) -> jax.Array:
+        """features [B*F, P, Dv], geometry [B, F, G, Dg] -> fused [B*F, P, Dv]."""
+        return self.fusion_block(features, rearrange(geometry, "b f g d -> (b f) g d"))
+
+    def video_embeds(self, frames: jax.Array | None, geometry_tokens: jax.Array | None = None,
+                     features: jax.Array | None = None) -> jax.Array:
+        """frames [B, F, H, W, 3] -> the LLM input block of each video [B, V, D].
+
+        ``geometry_tokens`` [B, F, G, Dg] replaces the CUT3R pass (offline feature cache);
+        ``features`` [B*F, P, Dv] replaces the SigLIP pass."""
+        b, f = (frames.shape[:2] if frames is not None else geometry_tokens.shape[:2])
+        x = self.visual_features(frames) if features is None else features
+        if self.fusion_block is not None:
+            geo = self.geometry_tokens(frames) if geometry_tokens is None else geometry_tokens
+            x = self.fuse(x, geo)
+        proj = self.mm_projector.project(x)
+        pooled = self.mm_projector.pool(proj)
+        pooled = rearrange(pooled, "(b f) h w d -> b f h w d", b=b)
+        nl = self.mm_projector.image_newline
+        nl = nl[...] if nl is not None else None
+        pc = self.cfg.projector
+        return jax.vmap(lambda p: layout_video_tokens(p, nl, newline_position=pc.newline_position,
+                                                      patch_merge_type=pc.patch_merge_type))(pooled)
+
+    # --- the whole model ------------------------------------------------------------------------
+    def embed_prompt(self, input_ids: jax.Array, frames: jax.Array | None, *, attention_mask: jax.Array | None = None,
+                     labels: jax.Array | None = None, geometry_tokens: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Text embeddings with each row's placeholder replaced by its video (see
+        :func:`vlm3r_jax.models.splice.splice_video`). Without frames, the prompt is text only."""
+        vt = self.cfg.video_token_id
+        is_ph = input_ids == vt
+        text = self.llm.embed_tokens(jnp.where(is_ph, 0, input_ids))
+        if frames is None and geometry_tokens is None:
+            b, t = input_ids.shape
+            out = {"inputs_embeds": text, "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))}
+            out["attention_mask"] = jnp.ones((b, t), jnp.int32) if attention_mask is None else attention_mask
+            if labels is not None:
+                out["labels"] = labels
+            return out
+        video = self.video_embeds(frames, geometry_tokens)
+        pos = jnp.argmax(is_ph, axis=1)
+        return splice_video(text, video, pos, attention_mask, labels)
+
+    def __call__(self, input_ids: jax.Array, frames: jax.Array | None = None, *,
+                 attention_mask: jax.Array | None = None, labels: jax.Array | None = None,
+                 geometry_tokens: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """input_ids int [B, T] (one placeholder per row), frames [B, F, H, W, 3] -> (logits
+        [B, L, vocab] over the spliced sequence, the spliced batch dict incl. ``labels``)."""
+        sp = self.embed_prompt(input_ids, frames, attention_mask=attention_mask, labels=labels,
+                               geometry_tokens=geometry_tokens)
+        mask = None if attention_mask is None else sp["attention_mask"]
+        logits, _ = self.llm(inputs_embeds=sp["inputs_embeds"], positions=sp["positions"], attention_mask=mask)
+        return logits, sp
+
+
+def vlm3r_loss(model: VLM3R, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Train-step loss: next-token cross-entropy on answer tokens (labels != -100)."""
+    from vlm3r_jax.train.step import next_token_xent
+
+    logits, sp = model(batch["input_ids"], batch.get("frames"), attention_mask=batch.get("attention_mask"),
+                       labels=batch["labels"], geometry_tokens=batch.get("geometry_tokens"))
+    return next_token_xent(logits, sp["labels"])

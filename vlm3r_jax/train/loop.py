@@ -1,0 +1,168 @@
+"""The training loop, generic over the model: it needs a model, a loss function, which params
+train, and a checkpointable Grain iterator of host batches. ``launch/train.py`` wires VLM-3R in.
+
+What it guarantees: restore-from-latest on start (params, optimizer, step, RNG, data iterator),
+a checkpoint every ``save_every`` steps and on SIGTERM, a stop with a clear message on a
+non-finite loss (the last good checkpoint stays the latest), step time split into data wait
+and compute, tokens/s and MFU in the metrics, a tqdm bar, and an optional periodic eval hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from vlm3r_jax import sharding
+from vlm3r_jax.train.checkpoint import Checkpointer, PreemptionGuard, abstract_like
+from vlm3r_jax.train.metrics import create_writer
+from vlm3r_jax.train.optimizer import make_optimizer
+from vlm3r_jax.train.state import TrainState
+from vlm3r_jax.train.step import LossFn, make_train_step
+from vlm3r_jax.train.trainable import split_trainable
+
+log = logging.getLogger("vlm3r_jax.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    graphdef: Any
+    frozen: Any
+    last_step: int
+    history: list[dict]
+    preempted: bool = False
+
+
+def _to_micro(batch: dict, accum: int) -> dict:
+    """[B, ...] host arrays -> [accum, B / accum, ...]."""
+    def one(x):
+        x = np.asarray(x)
+        if x.shape[0] % accum:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={accum}")
+        return x.reshape((accum, x.shape[0] // accum) + x.shape[1:])
+
+    return {k: one(v) for k, v in batch.items() if not isinstance(v, (str, list))}
+
+
+def _replicate_unplaced(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Scalars such as the step, RNG and optimizer counts are created on one device; the jitted
+    step runs on the whole mesh, so replicate every array that is not already mesh-sharded."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def one(x):
+        if isinstance(x, jax.Array) and not isinstance(x.sharding, jax.sharding.NamedSharding):
+            return jax.device_put(x, replicated)
+        return x
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def train(
+    cfg: ml_collections.ConfigDict,
+    workdir: str,
+    model: nnx.Module,
+    loss_fn: LossFn,
+    data_iter: Iterator[dict],
+    *,
+    flops_per_token: float | None = None,
+    peak_flops: float | None = None,
+    eval_hook: Callable[[int, nnx.Module], dict] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Runs ``cfg.train.steps`` steps (resuming from ``workdir/checkpoints`` if present).
+
+    ``cfg.train``: steps, grad_accum_steps, trainable (regexes), save_every, keep, log_every,
+    eval_every, seed; ``cfg.optim``: see :func:`make_optimizer`; ``cfg.mesh``: shape, rules.
+    ``data_iter`` yields dicts of host arrays with a leading global-batch axis; if it supports
+    Grain checkpointing its position is saved with the state.
+    """
+    tc = cfg.train
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(dict(cfg.mesh.shape))
+    rules = sharding.rules_from_config(cfg.mesh.get("rules"))
+    model.train()
+    graphdef, params, frozen = split_trainable(model, list(tc.trainable), include_lora=tc.get("train_lora", True))
+    params = sharding.shard_state(params, mesh, rules)
+    frozen = sharding.shard_state(frozen, mesh, rules)
+    tx, schedule = make_optimizer(cfg.optim, tc.steps)
+    state = _replicate_unplaced(TrainState.create(params, tx, seed=tc.get("seed", 0)), mesh)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tc.save_every, keep=tc.get("keep", 3),
+                        async_save=tc.get("async_checkpoint", True))
+    saves_iter = hasattr(data_iter, "get_state")
+    start = 0
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(abstract_like(state), data_iter if saves_iter else None)
+        start = int(state.step)
+        tqdm.write(f"resumed from {ckpt.directory} at step {start}", file=sys.stderr)
+
+    accum = int(tc.get("grad_accum_steps", 1))
+    step_fn = jax.jit(make_train_step(graphdef, tx, loss_fn, schedule), donate_argnums=0)
+    writer = create_writer(workdir, tensorboard=tc.get("tensorboard", True))
+    guard = PreemptionGuard()
+    history: list[dict] = []
+    preempted = False
+    bar = tqdm(total=tc.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
+    try:
+        with sharding.use_mesh(mesh, rules):
+            for step in range(start, tc.steps):
+                t0 = time.perf_counter()
+                host = next(data_iter)
+                batch = sharding.shard_batch(_to_micro(host, accum), mesh, rules, batch_axis=1)
+                t1 = time.perf_counter()
+                state, metrics = step_fn(state, frozen, batch)
+                loss = float(metrics["loss"])  # also the sync point that makes the timing honest
+                t2 = time.perf_counter()
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss became {loss} at step {step + 1}; stopping. The latest good checkpoint "
+                        f"(step {ckpt.latest_step()}) is in {ckpt.directory}. Lower optim.lr, raise "
+                        "optim.warmup_ratio or check the data around this step."
+                    )
+                row = {k: float(np.asarray(v)) for k, v in metrics.items()}
+                row.update(step_time=t2 - t0, data_wait=t1 - t0, compute_time=t2 - t1)
+                row["tokens_per_s"] = row["tokens"] / max(t2 - t1, 1e-9)
+                if flops_per_token and peak_flops:
+                    seq_tokens = float(np.prod(np.asarray(host["attention_mask"]).shape)) \
+                        if "attention_mask" in host else row["tokens"]
+                    row["mfu"] = flops_per_token * seq_tokens / max(t2 - t1, 1e-9) / peak_flops
+                history.append({"step": step + 1, **row})
+                if (step + 1) % tc.get("log_every", 1) == 0:
+                    writer.write_scalars(step + 1, row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                ckpt.save(step + 1, state, data_iter if saves_iter else None)
+                if eval_hook is not None and tc.get("eval_every", 0) and (step + 1) % tc.eval_every == 0:
+                    scores = eval_hook(step + 1, nnx.merge(graphdef, state.params, frozen))
+                    if scores:
+                        writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in scores.items()})
+                if guard.requested.is_set():
+                    log.warning("SIGTERM received: checkpointing step %d and exiting", step + 1)
+                    ckpt.save(step + 1, state, data_iter if saves_iter else None, force=True)
+                    preempted = True
+                    break
+            else:
+                if ckpt.latest_step() != tc.steps:
+                    ckpt.save(tc.steps, state, data_iter if saves_iter else None, force=True)
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+        guard.restore_handlers()
+    return TrainResult(state, graphdef, frozen, int(state.step), history, preempted)
