@@ -18,6 +18,7 @@ RUNTIME = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "pillow>=10",
+    "absl-py>=2",
 ]
 
 EXTRAS = {
@@ -29,6 +30,10 @@ EXTRAS = {
         "transformers>=4.45",
         "torch==2.13.0",
     ],
+    # TFDS builders (data_pipeline/tfds_builders.py): ~25 s / ~210 MB to install; no TensorFlow needed.
+    "tfds": ["tensorflow-datasets>=4.9.6", "importlib_resources>=6"],
+    # clu's TensorBoard writer needs TensorFlow; without it metrics go to console + metrics.jsonl.
+    "tensorboard": ["tensorflow-cpu>=2.16"],
     "gpu": ["jax[cuda12]>=0.10.2"],
     "tpu": ["jax[tpu]>=0.10.2"],
 }

@@ -17,8 +17,16 @@ from ml_collections import config_flags
 from vlm3r_jax.eval import records as records_lib
 from vlm3r_jax.eval import report, runner
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval_*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes when it holds samples.jsonl).")
+_FLAGS: dict = {}
+
+
+def _define_flags() -> None:
+    """Flags are defined only when this module runs as a program, so other entry points (the
+    demo, tests) can import :func:`run` without clashing absl flag names."""
+    _FLAGS["config"] = config_flags.DEFINE_config_file(
+        "config", None, "Eval config file (configs/eval_*.py).", lock_config=True
+    )
+    _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Output directory (resumes when it holds samples.jsonl).")
 
 
 def make_model_predictor(cfg: Any) -> runner.PredictFn:
@@ -101,11 +109,12 @@ def run(cfg: Any, workdir: str) -> dict | None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value:
+    if not _FLAGS["workdir"].value:
         raise app.UsageError("--workdir is required")
-    run(_CONFIG.value, _WORKDIR.value)
+    run(_FLAGS["config"].value, _FLAGS["workdir"].value)
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -16,7 +16,8 @@ import pytest  # noqa: E402
 HAS_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
 
 SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
-GOLDEN = os.path.join(SHARED, "golden")
+# ../shared/golden beside the checkout (as CI lays it out), or $VLM3R_GOLDEN_DIR.
+GOLDEN = os.environ.get("VLM3R_GOLDEN_DIR") or os.path.join(SHARED, "golden")
 
 
 def pytest_collection_modifyitems(config, items):

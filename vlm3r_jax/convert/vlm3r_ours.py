@@ -68,7 +68,7 @@ def config_from_dict(d: dict):
 def save_ours(path: str, cfg, model, tokenizer=None, dtype: Any = None) -> None:
     """Writes the three parts; the weights file is written atomically (tmp + rename)."""
     os.makedirs(path, exist_ok=True)
-    _, params = nnx.split(model, nnx.Param)
+    _, params, _ = nnx.split(model, nnx.Param, ...)
     tensors = flat_arrays(params)
     if dtype is not None:
         tensors = {k: v.astype(jnp.dtype(dtype)) for k, v in tensors.items()}

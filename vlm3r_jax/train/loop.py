@@ -57,7 +57,8 @@ def _to_micro(batch: dict, accum: int) -> dict:
             raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={accum}")
         return x.reshape((accum, x.shape[0] // accum) + x.shape[1:])
 
-    return {k: one(v) for k, v in batch.items() if not isinstance(v, (str, list))}
+    # numeric fields only: ids, question types and answers stay on the host
+    return {k: one(v) for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
 
 
 def _replicate_unplaced(tree: Any, mesh: jax.sharding.Mesh) -> Any:

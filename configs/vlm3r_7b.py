@@ -1,0 +1,67 @@
+"""The released VLM-3R shapes and the paper's training recipe.
+
+LLM Qwen2-7B (28 layers, 3584, 28/4 heads, FFN 18944, vocab 152064, theta 1e6); SigLIP
+so400m-patch14-384 with its last layer dropped (26 of 27); CUT3R 512-dpt (ViT-L encoder
+1024/24/16, decoder 768/12/12, 768 state tokens, 256-slot pose memory) at 432x432; cross-attention
+fusion (18 heads); mlp2x_gelu projector; 2x2 bilinear pool + newline per row (210 tokens/frame).
+Training: LoRA r=128 alpha=256 dropout 0.05 on every LLM Linear + fusion + projector, AdamW lr 2e-5,
+3% warmup, cosine, weight decay 0, clip 1.0, global batch 128, 32 frames, bf16 compute.
+
+To start from the released weights: ``--config.model.init=release --config.model.release_lora=DIR
+--config.model.release_base=DIR --config.model.release_geometry=cut3r_512_dpt_4_64.pth``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import demo_tiny
+from configs.common import dtype_config, mesh_config
+
+
+def model_config() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.init = "release"
+    m.release_lora = ""
+    m.release_base = ""
+    m.release_geometry = ""
+    m.seed = 0
+    m.llm = ml_collections.ConfigDict(dict(
+        hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, intermediate_size=18944,
+        rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=32768,
+        attention_impl="auto"))
+    m.vision = ml_collections.ConfigDict(dict(
+        image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+        num_layers_used=26, num_attention_heads=16, use_post_layernorm=False, use_head=False))
+    m.geometry = ml_collections.ConfigDict(dict(
+        patch_size=16, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12,
+        dec_num_heads=12, state_size=768, state_dec_num_heads=16, local_mem_size=256, ray_enc_depth=2,
+        rope_fp16_rounding=True))
+    m.geometry_image_size = (432, 432)
+    m.projector = ml_collections.ConfigDict(dict(
+        projector_type="mlp2x_gelu", pool_mode="bilinear", pool_stride=2, patch_merge_type="spatial_unpad",
+        newline_position="grid"))
+    m.fusion = ml_collections.ConfigDict(dict(num_heads=18, dropout=0.1))
+    m.spatial_select = "all"
+    m.model_max_length = 32768
+    m.lora = ml_collections.ConfigDict(dict(enabled=True, rank=128, alpha=256.0, dropout=0.05))
+    return m
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = demo_tiny.get_config()
+    c.model = model_config()
+    c.mesh = mesh_config()
+    c.mesh.shape = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    c.dtypes = dtype_config(accelerator=True)
+    c.data.num_frames = 32
+    c.data.siglip_size = 384
+    c.data.length_buckets = (256, 512, 1024)
+    c.train.steps = 5 * 1600  # 5 epochs of ~205K QA at global batch 128
+    c.train.batch_size = 128
+    c.train.grad_accum_steps = 16
+    c.train.trainable = [r"fusion_block\..*", r"mm_projector\.linears\..*"]
+    c.train.save_every = 500
+    c.optim.lr = 2e-5
+    c.optim.warmup_ratio = 0.03
+    return c

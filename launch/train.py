@@ -1,0 +1,47 @@
+"""Train VLM-3R: ``python -m launch.train --config configs/<name>.py --workdir DIR [--config.x=y ...]``.
+
+Resumes from the latest checkpoint in ``DIR/checkpoints`` when there is one (params, optimizer,
+step, RNG and the data iterator position). On SIGTERM it writes a checkpoint and exits; a
+non-finite loss stops the run with the last good checkpoint kept. Metrics go to ``DIR/metrics.jsonl``
+(and TensorBoard when available); the trained model is exported to ``DIR/model`` (load it with
+``vlm3r_jax.api.load_vlm3r``).
+
+Configs: configs/demo_tiny.py (CPU demo), configs/vlm3r_7b.py (released shapes + paper recipe).
+Any field can be overridden, e.g. ``--config.train.steps=100 --config.mesh.shape.fsdp=4``; an
+unknown key fails with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_FLAGS: dict = {}
+
+
+def _define_flags() -> None:
+    """Defined only when run as a program, so importing this module never clashes flag names."""
+    _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
+                                                       lock_config=True)
+    _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Output directory: checkpoints, metrics, model.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
+    if config is None or not workdir:
+        print(__doc__, file=sys.stderr)
+        raise app.UsageError("both --config and --workdir are required")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from vlm3r_jax.train import vlm3r_task
+
+    result, out = vlm3r_task.run(config, workdir)
+    print(f"trained to step {result.last_step}; model exported to {out}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

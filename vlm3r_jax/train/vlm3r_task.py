@@ -1,0 +1,124 @@
+"""VLM-3R training: build the model from a run config, feed it from the Grain pipeline, train
+with :func:`vlm3r_jax.train.loop.train`, export the result in our checkpoint format."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+from flax import nnx
+
+from data_pipeline.pipeline import PipelineConfig, make_iterator
+from data_pipeline.sources import make_source
+from data_pipeline.tokenizer import QwenTokenizer
+from vlm3r_jax.models.cut3r.config import Cut3rConfig
+from vlm3r_jax.models.fusion import FusionConfig
+from vlm3r_jax.models.lora import LoRAConfig
+from vlm3r_jax.models.projector import ProjectorConfig
+from vlm3r_jax.models.qwen2 import Qwen2Config
+from vlm3r_jax.models.siglip import SiglipVisionConfig
+from vlm3r_jax.models.vlm3r import LLM_LORA_TARGETS, VLM3R, VLM3RConfig, vlm3r_loss
+
+
+def _fields(section: Any, cls: type, where: str) -> dict:
+    d = dict(section) if section is not None else {}
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(d) - names)
+    if bad:
+        raise ValueError(f"unknown keys {bad} in config.{where}; valid keys: {sorted(names)}")
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+
+
+def vlm3r_config(m: ml_collections.ConfigDict, tokenizer: QwenTokenizer, dtype: str = "float32") -> VLM3RConfig:
+    """``config.model`` (+ the tokenizer's size and stop ids) -> :class:`VLM3RConfig`."""
+    eos = tuple(i for i in (tokenizer.im_end_id, tokenizer.eos_id) if i is not None)
+    llm = Qwen2Config(vocab_size=len(tokenizer), eos_token_ids=tuple(dict.fromkeys(eos)), dtype=dtype,
+                      param_dtype="float32", **_fields(m.llm, Qwen2Config, "model.llm"))
+    vision = SiglipVisionConfig(**_fields(m.vision, SiglipVisionConfig, "model.vision"))
+    projector = ProjectorConfig(mm_hidden_size=vision.hidden_size, hidden_size=llm.hidden_size,
+                                num_patches_per_side=vision.num_patches_per_side,
+                                **_fields(m.projector, ProjectorConfig, "model.projector"))
+    geometry = None
+    if m.get("geometry"):
+        geometry = Cut3rConfig(**_fields(m.geometry, Cut3rConfig, "model.geometry"))
+    fusion = FusionConfig(d_clip=vision.hidden_size, d_spatial=geometry.dec_embed_dim if geometry else 768,
+                          **_fields(m.fusion, FusionConfig, "model.fusion"))
+    lora = None
+    if m.lora.get("enabled", False):
+        lora = LoRAConfig(rank=m.lora.rank, alpha=m.lora.alpha, dropout=m.lora.dropout, targets=LLM_LORA_TARGETS)
+    return VLM3RConfig(llm=llm, vision=vision, projector=projector, fusion=fusion, geometry=geometry,
+                       geometry_image_size=tuple(m.geometry_image_size), spatial_select=m.spatial_select,
+                       model_max_length=m.model_max_length, lora=lora)
+
+
+def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, QwenTokenizer]:
+    """A fresh model (``model.init=random``), our checkpoint dir, or a released checkpoint."""
+    m = cfg.model
+    init = m.init
+    if init == "release":
+        from vlm3r_jax.convert.vlm3r_release import load_release
+
+        vcfg, model, info = load_release(m.release_lora or None, m.release_base, m.release_geometry or None,
+                                         keep_lora=bool(m.lora.get("enabled", False)))
+        return vcfg, model, QwenTokenizer.from_dir(info["tokenizer_dir"])
+    if init != "random":
+        from vlm3r_jax.convert.vlm3r_ours import load_ours
+
+        vcfg, model = load_ours(init)
+        return vcfg, model, QwenTokenizer.from_dir(init)
+    tok_dir = cfg.data.tokenizer_dir
+    if not tok_dir:
+        raise ValueError("model.init=random needs config.data.tokenizer_dir (a dir with tokenizer.json)")
+    tok = QwenTokenizer.from_dir(tok_dir)
+    vcfg = vlm3r_config(m, tok, dtype=cfg.dtypes.compute_dtype)
+    model = VLM3R(vcfg, rngs=nnx.Rngs(params=m.seed, dropout=m.seed + 1))
+    return vcfg, model, tok
+
+
+def pipeline_config(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, mode: str = "train") -> PipelineConfig:
+    d = cfg.data
+    return PipelineConfig(
+        num_frames=d.num_frames, siglip_size=d.siglip_size, geometry_size=None, mode=mode,
+        batch_size=cfg.train.batch_size, length_buckets=tuple(d.length_buckets), seed=cfg.train.seed,
+        num_epochs=None if mode == "train" else 1, drop_remainder=mode == "train", worker_count=d.worker_count,
+        add_time_instruction=d.add_time_instruction and mode == "train", label_policy=d.label_policy,
+        max_length=vcfg.model_max_length, video_tokens_per_frame=vcfg.projector.tokens_per_frame())
+
+
+def train_iterator(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, tok: QwenTokenizer):
+    d = cfg.data
+    if not d.root or not os.path.isdir(d.root):
+        raise FileNotFoundError(f"config.data.root={d.root!r} is not a directory (make one with data_pipeline.make_dataset)")
+    files = [f if os.path.isabs(f) else os.path.join(d.root, f) for f in d.train_files]
+    source = make_source(d.source_kind, files, video_root=d.root)
+    return make_iterator(source, tok, pipeline_config(cfg, vcfg, "train"))
+
+
+def flops_per_token(vcfg: VLM3RConfig) -> float:
+    """6 * trainable-path LLM params per token (forward + backward), the usual MFU convention."""
+    c = vcfg.llm
+    per_layer = 2 * c.hidden_size * c.num_heads * c.head_dim + 2 * c.hidden_size * c.num_kv_heads * c.head_dim \
+        + 3 * c.hidden_size * c.intermediate_size
+    return 6.0 * (c.num_layers * per_layer + c.hidden_size * c.vocab_size)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, eval_hook: Any = None):
+    """Trains and exports ``workdir/model`` (our format, loadable with ``api.load_vlm3r``)."""
+    from vlm3r_jax.convert.vlm3r_ours import save_ours
+    from vlm3r_jax.train.loop import train
+
+    vcfg, model, tok = build_model(cfg)
+    it = train_iterator(cfg, vcfg, tok)
+    try:
+        result = train(cfg, workdir, model, vlm3r_loss, it, flops_per_token=flops_per_token(vcfg),
+                       peak_flops=cfg.train.get("peak_flops", None), eval_hook=eval_hook, progress=progress)
+    finally:
+        it.close()
+    trained = nnx.merge(result.graphdef, result.state.params, result.frozen)
+    trained.eval()
+    out = os.path.join(workdir, "model")
+    save_ours(out, vcfg, trained, tok)
+    return result, out
