@@ -152,3 +152,21 @@ def test_api_facade(ckpt):
     hs = vt.hidden_states(np.zeros((1, 28, 28, 3), np.float32))
     assert len(hs) == 3 and hs[0].shape == (1, 16, 12)
     assert vt.features(np.zeros((1, 28, 28, 3), np.float32)).shape == (1, 16, 12)
+
+
+def test_gradients_flow_and_so400m_shapes(ckpt):
+    """The tower is trainable in LLaVA-Video (mm_tunable_parts); the so400m shape traces abstractly."""
+    vt = SiglipVision.from_pretrained(ckpt[0])
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 35, 28, 3)), jnp.float32)  # interpolated grid
+
+    def loss(state):
+        return jnp.sum(nnx.merge(vt.graphdef, state).features(x) ** 2)
+
+    grads = jax.grad(loss)(vt.state)
+    flat = flat_variables(grads)
+    assert all(np.isfinite(np.asarray(v.get_value())).all() for v in flat.values())
+    assert np.abs(np.asarray(flat["position_embedding"].get_value())).max() > 0
+    cfg = SiglipVisionConfig(num_layers_used=26, use_post_layernorm=False, use_head=False)
+    model = nnx.eval_shape(lambda: SiglipVisionModel(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    out = jax.eval_shape(lambda m, p: m.features(p), model, jax.ShapeDtypeStruct((32, 384, 384, 3), jnp.bfloat16))
+    assert out.shape == (32, 729, 1152) and out.dtype == jnp.bfloat16
