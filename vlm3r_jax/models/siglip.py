@@ -153,6 +153,12 @@ class SiglipVisionConfig:
         kw.update(overrides)
         return cls(**kw)
 
+    @classmethod
+    def llava_video(cls, config: Mapping[str, Any] | str, **overrides: Any) -> SiglipVisionConfig:
+        """The tower as LLaVA-NeXT's ``SigLipVisionTower`` (used by LLaVA-Video and VLM-3R) runs it:
+        last layer deleted, output read before ``post_layernorm``, no pooling head."""
+        return cls.from_hf(config, feature_layer=-2, use_post_layernorm=False, use_head=False, **overrides)
+
 
 def check_pixel_values(pixel_values: Any, cfg: SiglipVisionConfig) -> None:
     """Raises ValueError/TypeError naming the problem for pixels the tower cannot take."""
