@@ -102,7 +102,10 @@ def test_config_parsing():
     assert SiglipVisionConfig.from_hf(HF_CFG, feature_layer=0).layers == 0
     so400m = SiglipVisionConfig()
     assert (so400m.num_patches, so400m.layers) == (729, 27)
-    assert SiglipVisionConfig.from_hf({}, feature_layer=-2).layers == 26
+    # Keys missing from config.json take transformers' defaults (SigLIP base), not so400m's.
+    base = SiglipVisionConfig.from_hf({"model_type": "siglip_vision_model"}, feature_layer=-2)
+    assert (base.hidden_size, base.image_size, base.patch_size, base.layers) == (768, 224, 16, 11)
+    assert SiglipVisionConfig.llava_video({"num_hidden_layers": 27}).layers == 26
     with pytest.raises(ValueError, match="not divisible"):
         SiglipVisionConfig(hidden_size=10, num_attention_heads=3)
     with pytest.raises(ValueError, match="out of range"):
