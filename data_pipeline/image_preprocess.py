@@ -11,8 +11,8 @@ implementations, both NHWC and both bit-identical to the reference on uint8 fram
   the downscale factor, coefficients normalised and quantised to 22-bit fixed point, horizontal
   pass first, each pass rounded and clipped to uint8) in int32 arithmetic, so it reproduces PIL
   exactly; the rescale/normalise uses a 256-entry table computed with the reference's
-  arithmetic. Caveat: Pillow 13 sometimes runs the vertical pass first (portrait frames), see
-  :func:`resize_bicubic_pil`.
+  arithmetic. Pillow 13 sometimes runs the vertical pass first (portrait frames); ``pass_order="auto"``
+  follows the installed Pillow, see :func:`resize_bicubic_pil`.
 
 Frames already at ``size`` skip the resize (as PIL does).
 """
@@ -136,23 +136,48 @@ def _pil_pass(x: jax.Array, axis: int, idx: np.ndarray, kk: np.ndarray) -> jax.A
     return jnp.clip(jnp.right_shift(acc, _PRECISION_BITS), 0, 255)
 
 
-PASS_ORDERS = ("horizontal", "vertical")
+PASS_ORDERS = ("auto", "horizontal", "vertical")
 
 
-def resize_bicubic_pil(frames: jax.Array, size: int | tuple[int, int], pass_order: str = "horizontal") -> jax.Array:
+def _pillow_major() -> int:
+    import PIL
+
+    try:
+        return int(PIL.__version__.split(".")[0])
+    except ValueError:  # unusual version string: assume the newest behaviour
+        return 99
+
+
+def pillow_vertical_first(in_hw: tuple[int, int], out_hw: tuple[int, int], pillow_major: int | None = None) -> bool:
+    """Whether Pillow runs the vertical pass first for this resize.
+
+    Pillow <= 12 always resizes horizontally first. Pillow 13.0's ``ImagingResampleInner`` goes
+    vertical-first when the height shrinks by more than twice the width's shrink:
+    ``h - oh > 0 and h - oh > 2 * (w - ow)``. We read this rule from the installed 13.0 binary and
+    checked it against Image.resize on 400 random shapes.
+    """
+    (h, w), (oh, ow) = in_hw, out_hw
+    major = _pillow_major() if pillow_major is None else pillow_major
+    if major < 13 or h == oh or w == ow:
+        return False
+    return h - oh > 0 and h - oh > 2 * (w - ow)
+
+
+def resize_bicubic_pil(frames: jax.Array, size: int | tuple[int, int], pass_order: str = "auto") -> jax.Array:
     """uint8 [N, H, W, C] -> uint8 [N, h, w, C], bit-identical to ``PIL.Image.resize(BICUBIC)``
     (integer arithmetic, so no dtype or device can change the result). Jit-able.
 
-    Pillow rounds to uint8 between its two passes, so their order matters. Pillow <= 12
-    (``Resample.c``, what the reference environment used) always resizes horizontally first:
-    ``pass_order="horizontal"``. Pillow 13.0 (installed here) sometimes runs the vertical pass
-    first (measured: portrait frames such as 480x360 or 1920x1080 -> 384x384; landscape video
-    sizes keep horizontal-first); ``pass_order="vertical"`` reproduces those. The difference is
-    at most 2/255 on smooth frames and up to ~23/255 on pure noise (docs/vision.md)."""
+    Pillow rounds to uint8 between its two passes, so the order of the passes matters.
+    ``pass_order="auto"`` follows the installed Pillow (:func:`pillow_vertical_first`), the same as
+    the host path. ``"horizontal"`` is the order of Pillow <= 12, which the reference environment
+    used. Where the orders differ, the outputs differ by at most 2/255 on smooth frames and up to
+    about 23/255 on pure noise (docs/vision.md)."""
     if pass_order not in PASS_ORDERS:
         raise ValueError(f"pass_order must be one of {PASS_ORDERS}, got {pass_order!r}")
     h, w = _hw(size)
     x = frames.astype(jnp.int32)
+    if pass_order == "auto":
+        pass_order = "vertical" if pillow_vertical_first(tuple(x.shape[1:3]), (h, w)) else "horizontal"
     passes = [(2, w), (1, h)] if pass_order == "horizontal" else [(1, h), (2, w)]
     for axis, out in passes:
         if x.shape[axis] != out:  # Pillow skips an axis whose size does not change
@@ -176,7 +201,7 @@ def siglip_preprocess(
     size: int | tuple[int, int] = 384,
     mean: Sequence[float] = SIGLIP_MEAN,
     std: Sequence[float] = SIGLIP_STD,
-    pass_order: str = "horizontal",
+    pass_order: str = "auto",
 ) -> jax.Array:
     """uint8 [N, H, W, 3] -> float32 [N, size, size, 3] in [-1, 1]; jit-able and bit-identical
     to the reference processor (see :func:`resize_bicubic_pil` for ``pass_order``). Float input

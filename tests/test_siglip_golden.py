@@ -33,9 +33,7 @@ def test_siglip_features_match_golden(tiny):
     inputs = np.load(os.path.join(tiny, "inputs.npz"))
     want = np.load(os.path.join(tiny, "outputs.npz"))["siglip_features"]
     # The reference deletes the last encoder layer and reads hidden_states[-1] before post_layernorm.
-    cfg = SiglipVisionConfig.from_hf(
-        os.path.join(tiny, "siglip_hub_snapshot"), feature_layer=-2, use_post_layernorm=False, use_head=False
-    )
+    cfg = SiglipVisionConfig.llava_video(os.path.join(tiny, "siglip_hub_snapshot"))
     assert (cfg.layers, cfg.num_patches) == (2, 729)
     vt = SiglipVision.from_pretrained(os.path.join(tiny, "base_llava_video_qwen2"), config=cfg)
     pixels = inputs["pixel_value_lut"][inputs["frames_uint8"]]  # [4, 384, 384, 3] NHWC, exact processor output

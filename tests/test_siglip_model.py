@@ -27,8 +27,12 @@ def write_ckpt(path, tensors=None, cfg=HF_CFG):
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f)
     if tensors is None:
-        model = SiglipVisionModel(SiglipVisionConfig.from_hf(cfg), rngs=nnx.Rngs(0))
-        tensors = export_siglip_hf(model, model.cfg, prefix="")
+        # Random values drawn in numpy on the abstract state: eager init would compile every op.
+        mcfg = SiglipVisionConfig.from_hf(cfg)
+        state = nnx.state(nnx.eval_shape(lambda: SiglipVisionModel(mcfg, rngs=nnx.Rngs(0))))
+        rng = np.random.default_rng(0)
+        state = jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), state)
+        tensors = export_siglip_hf(state, mcfg, prefix="")
     save_safetensors(os.path.join(path, "model.safetensors"), tensors)
     return tensors
 
@@ -98,7 +102,10 @@ def test_config_parsing():
     assert SiglipVisionConfig.from_hf(HF_CFG, feature_layer=0).layers == 0
     so400m = SiglipVisionConfig()
     assert (so400m.num_patches, so400m.layers) == (729, 27)
-    assert SiglipVisionConfig.from_hf({}, feature_layer=-2).layers == 26
+    # Keys missing from config.json take transformers' defaults (SigLIP base), not so400m's.
+    base = SiglipVisionConfig.from_hf({"model_type": "siglip_vision_model"}, feature_layer=-2)
+    assert (base.hidden_size, base.image_size, base.patch_size, base.layers) == (768, 224, 16, 11)
+    assert SiglipVisionConfig.llava_video({"num_hidden_layers": 27}).layers == 26
     with pytest.raises(ValueError, match="not divisible"):
         SiglipVisionConfig(hidden_size=10, num_attention_heads=3)
     with pytest.raises(ValueError, match="out of range"):
@@ -134,7 +141,7 @@ def test_sharded_frames_match_single_device(ckpt):
 
 def test_bfloat16_runs(ckpt):
     vt = SiglipVision.from_pretrained(ckpt[0], dtype="bfloat16")
-    x = np.random.default_rng(0).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 28, 28, 3)).astype(np.float32)
     ref = np.asarray(SiglipVision.from_pretrained(ckpt[0]).features(x))
     got = vt.features(x.astype(jnp.bfloat16))
     assert got.dtype == jnp.bfloat16
@@ -148,3 +155,21 @@ def test_api_facade(ckpt):
     hs = vt.hidden_states(np.zeros((1, 28, 28, 3), np.float32))
     assert len(hs) == 3 and hs[0].shape == (1, 16, 12)
     assert vt.features(np.zeros((1, 28, 28, 3), np.float32)).shape == (1, 16, 12)
+
+
+def test_gradients_flow_and_so400m_shapes(ckpt):
+    """The tower is trainable in LLaVA-Video (mm_tunable_parts); the so400m shape traces abstractly."""
+    vt = SiglipVision.from_pretrained(ckpt[0])
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 35, 28, 3)), jnp.float32)  # interpolated grid
+
+    def loss(state):
+        return jnp.sum(nnx.merge(vt.graphdef, state).features(x) ** 2)
+
+    grads = jax.grad(loss)(vt.state)
+    flat = flat_variables(grads)
+    assert all(np.isfinite(np.asarray(v.get_value())).all() for v in flat.values())
+    assert np.abs(np.asarray(flat["position_embedding"].get_value())).max() > 0
+    cfg = SiglipVisionConfig(num_layers_used=26, use_post_layernorm=False, use_head=False)
+    model = nnx.eval_shape(lambda: SiglipVisionModel(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    out = jax.eval_shape(lambda m, p: m.features(p), model, jax.ShapeDtypeStruct((32, 384, 384, 3), jnp.bfloat16))
+    assert out.shape == (32, 729, 1152) and out.dtype == jnp.bfloat16

@@ -45,6 +45,12 @@ _ACTS = {
 
 ACTIVATION_AXES = ("frames", "length", "act_embed")
 
+# transformers' SiglipVisionConfig defaults (SigLIP base, patch16-224).
+HF_VISION_DEFAULTS = dict(
+    image_size=224, patch_size=16, num_channels=3, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+    num_attention_heads=12, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class SiglipVisionConfig:
@@ -138,8 +144,10 @@ class SiglipVisionConfig:
             )
         names = {f.name for f in dataclasses.fields(cls)}
         hf_fields = names - {"num_layers_used", "use_post_layernorm", "use_head", "attention_impl"}
-        kw: dict[str, Any] = {k: d[k] for k in hf_fields if k in d}
-        n = int(kw.get("num_hidden_layers", cls.num_hidden_layers))
+        # Keys absent from config.json mean transformers' defaults (it saves diffs against them),
+        # which are SigLIP-base values, not the so400m defaults of this dataclass.
+        kw: dict[str, Any] = {k: d.get(k, HF_VISION_DEFAULTS[k]) for k in hf_fields}
+        n = int(kw["num_hidden_layers"])
         if feature_layer is not None:
             if num_layers_used is not None:
                 raise ValueError("give feature_layer or num_layers_used, not both")
@@ -152,6 +160,12 @@ class SiglipVisionConfig:
         kw["use_head"] = bool(d.get("vision_use_head", True)) if use_head is None else use_head
         kw.update(overrides)
         return cls(**kw)
+
+    @classmethod
+    def llava_video(cls, config: Mapping[str, Any] | str, **overrides: Any) -> SiglipVisionConfig:
+        """The tower as LLaVA-NeXT's ``SigLipVisionTower`` (used by LLaVA-Video and VLM-3R) runs it:
+        last layer deleted, output read before ``post_layernorm``, no pooling head."""
+        return cls.from_hf(config, feature_layer=-2, use_post_layernorm=False, use_head=False, **overrides)
 
 
 def check_pixel_values(pixel_values: Any, cfg: SiglipVisionConfig) -> None:
