@@ -172,7 +172,7 @@ def make_dataset(cfg, out_dir: str, progress: bool = True) -> dict:
             results.append(_work(j))
             bar.update()
     else:
-        ctx = mp.get_context("spawn" if os.environ.get("DATA_SPAWN") else "fork")
+        ctx = mp.get_context("fork")  # workers only run numpy/PyAV; no JAX state to protect
         with ctx.Pool(workers) as pool:
             for res in pool.imap(_work, jobs, chunksize=1):
                 results.append(res)
