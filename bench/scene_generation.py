@@ -6,7 +6,8 @@ Target (issue 5): 200 scenes x 32 frames at 256x256 in < 5 minutes on 2 cores.
     python bench/scene_generation.py --small            # quick check (8 scenes)
     python bench/scene_generation.py --scenes 40 --workers 1 --no-write
 
-Prints one JSON line: wall seconds, scenes/s, frames/s, the per-stage split of one scene
+Prints one JSON line: wall seconds, scenes/s, frames/s, CPU seconds (load-independent; with
+the wall time they would take on 2 idle cores), the per-stage split of one scene
 (room+trajectory, render, write), the machine load average at start and end.
 """
 
@@ -68,11 +69,17 @@ def main():
     if a.small:
         a.scenes = 8
     load0 = os.getloadavg()
+    import resource
+
+    def cpu_s():
+        r = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        return sum(x.ru_utime + x.ru_stime for x in r)
+
     with tempfile.TemporaryDirectory() as tmp:
         out = None if a.no_write else tmp
         specs = [SceneSpec(index=i, seed=0, num_frames=a.frames, width=a.size, height=a.size) for i in range(a.scenes)]
         split = stage_split(SceneSpec(index=10_000, seed=0, num_frames=a.frames, width=a.size, height=a.size), out)
-        t = time.perf_counter()
+        t, c0 = time.perf_counter(), cpu_s()
         if a.workers > 1:
             with mp.get_context("fork").Pool(a.workers) as pool:
                 list(pool.imap_unordered(_one, [(s, out) for s in specs]))
@@ -80,11 +87,15 @@ def main():
             for s in specs:
                 _one((s, out))
         wall = time.perf_counter() - t
+        cpu = cpu_s() - c0
     print(json.dumps({
         "scenes": a.scenes, "frames": a.frames, "size": a.size, "workers": a.workers, "write": not a.no_write,
         "wall_s": round(wall, 2), "scenes_per_s": round(a.scenes / wall, 3),
         "frames_per_s": round(a.scenes * a.frames / wall, 1),
         "projected_200x32_s": round(wall / a.scenes * 200 * a.frames / 32, 1),
+        # load-independent: CPU seconds used, and the wall time they mean on 2 idle cores
+        "cpu_s": round(cpu, 1), "cpu_s_per_scene": round(cpu / a.scenes, 3),
+        "projected_200x32_idle_2core_s": round(cpu / a.scenes * 200 * a.frames / 32 / 2, 1),
         "one_scene": split, "loadavg_start": [round(x, 2) for x in load0],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
     }))

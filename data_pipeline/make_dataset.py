@@ -44,9 +44,9 @@ def _work(args):
     spec, out_dir, room_kw, keep_preview = args
     t = time.perf_counter()
     res = generate_scene(spec, out_dir, room_kw)
-    res.pop("room")
     if not keep_preview:
         res.pop("preview")
+        res.pop("room")
     res["seconds"] = time.perf_counter() - t
     return res
 
@@ -133,7 +133,7 @@ def contact_sheet(path: str, scenes: list[dict]) -> None:
         ax = axes[r, n_prev]
         sm = sc["scene_meta"]
         cx, cy = sm["room_center"][:2]
-        ax.add_patch(Polygon([[0, 0], [2 * cx, 0], [2 * cx, 2 * cy], [0, 2 * cy]], fill=False, lw=1.5))
+        ax.add_patch(Polygon(sc["room"].outline(), fill=False, lw=1.5))
         for cat, recs in sm["object_bboxes"].items():
             for rec in recs:
                 b = Box(np.array(rec["centroid"]), np.array(rec["normalizedAxes"]).reshape(3, 3), np.array(rec["axesLengths"]))
@@ -149,7 +149,7 @@ def contact_sheet(path: str, scenes: list[dict]) -> None:
         ax.set_xlim(-0.3, 2 * cx + 0.3)
         ax.set_ylim(-0.3, 2 * cy + 0.3)
         ax.tick_params(labelsize=5)
-        ax.set_title(f"top-down {2 * cx:.1f}x{2 * cy:.1f} m", fontsize=7)
+        ax.set_title(f"top-down {2 * cx:.1f}x{2 * cy:.1f} m, {sm['room_size']:.1f} m2", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -164,7 +164,7 @@ def make_dataset(cfg, out_dir: str, progress: bool = True) -> dict:
     specs = scene_specs(cfg)
     n_sheet = int(cfg.contact_sheet_scenes)
     jobs = [(s, out_dir, _room_kwargs(cfg), s.index < n_sheet) for s in specs]
-    results = []
+    results: list[dict] = []
     workers = max(1, int(cfg.num_workers))
     bar = tqdm(total=len(jobs), desc="scenes", unit="scene", disable=not progress)
     if workers == 1:
@@ -172,7 +172,7 @@ def make_dataset(cfg, out_dir: str, progress: bool = True) -> dict:
             results.append(_work(j))
             bar.update()
     else:
-        ctx = mp.get_context("spawn" if os.environ.get("DATA_SPAWN") else "fork")
+        ctx = mp.get_context("fork")  # workers only run numpy/PyAV; no JAX state to protect
         with ctx.Pool(workers) as pool:
             for res in pool.imap(_work, jobs, chunksize=1):
                 results.append(res)

@@ -101,3 +101,12 @@ def test_eval_records_and_baselines():
             float(s["prediction"])
         else:
             assert s["prediction"] in "ABCD"
+
+
+def test_missing_fps_skips_or_raises():
+    fm = _fm()
+    fm.pop("fps")
+    items = engine.generate_qa(scene(OBJS), fm)  # dataset "hand" has no known fps
+    assert items and not any(i["question_type"] == "obj_appearance_order" for i in items)
+    with pytest.raises(engine.MetadataError, match="field 'fps'"):
+        engine.generate_qa(scene(OBJS), fm, tasks=["obj_appearance_order"])

@@ -90,3 +90,16 @@ def test_make_dataset_small(tmp_path):
     assert stats2["qa_per_task"] == stats["qa_per_task"]
     for f in ("qa/raw_train.json", "train_llava.json", "vsibench_test.jsonl", "vstibench_test.jsonl"):
         assert (tmp_path / f).read_bytes() == (tmp_path / "again" / f).read_bytes(), f
+
+
+def test_l_shaped_rooms():
+    rooms = [generate_room(np.random.default_rng(s), l_shape_prob=1.0) for s in range(8)]
+    assert len({tuple(np.round(r.cutout[:2] > 0)) for r in rooms}) >= 3  # several corners used
+    for r in rooms:
+        poly = r.outline()
+        x, y = poly[:, 0], poly[:, 1]
+        shoelace = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+        assert shoelace == pytest.approx(r.area)
+        assert r.area < r.width * r.depth
+        for o in r.objects:
+            assert not _overlap_2d(o.footprint(), r.cutout_footprint(), 0.0), o.category

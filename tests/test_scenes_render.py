@@ -94,3 +94,29 @@ def test_bboxes_2d_match_mask():
     inst[10, 10] = 2  # one pixel: below a 2-pixel visibility floor
     out = bboxes_2d(inst, 2)
     assert out == [{"instance_id": 3, "bbox_2d": [3, 2, 8, 4], "num_pixels": 18}]
+
+
+@pytest.mark.parametrize("q_angle, expected", [(35, "left"), (-35, "right")])
+def test_engine_left_is_image_left(q_angle, expected):
+    """Handedness check between the renderer and the engine: standing by A facing B, the object
+    the engine calls 'left' is rendered in the left half of A's view of B."""
+    from data_pipeline.engine.geometry import Box
+    from data_pipeline.engine.vsi import relative_direction_answer
+
+    a = np.radians(q_angle)
+    pos, ori = np.array([1.0, 1.0]), np.array([4.5, 3.0])
+    heading = np.arctan2(*(ori - pos)[::-1])
+    q = pos + 2.5 * np.array([np.cos(heading + a), np.sin(heading + a)])
+    objs = [_obj("cabinet", 0, (*ori, 0.5), 0.0, (0.4, 0.4, 1.0)), _obj("washer", 1, (*q, 0.5), 0.0, (0.4, 0.4, 1.0))]
+    room = Room(6.0, 6.0, 2.8, objs)
+    intr = Intrinsics.from_fov(96, 96, 90.0)
+    _, _, inst = Renderer(room, intr).render(make_pose([*pos, 1.0], heading, np.radians(-10)))
+    cols = np.nonzero(inst == 2)[1]
+    assert cols.size > 0
+    side = "left" if cols.mean() < intr.cx else "right"
+
+    def bx(o):
+        return Box(o.center, o.axes, o.size)
+
+    stand = Box(np.array([*pos, 0.5]), np.eye(3), np.array([0.3, 0.3, 1.0]))
+    assert relative_direction_answer(stand, bx(objs[0]), bx(objs[1]), 3) == expected == side

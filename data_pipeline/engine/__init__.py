@@ -91,6 +91,8 @@ def generate_qa(
         holding one scene.
       frame_meta: the scene's frame metadata (``camera_intrinsics``, ``img_width``, ``img_height``,
         ``frames``; optional ``fps``) or None (then only the tasks that need no frames run).
+        Appearance order needs an fps (``fps`` key or a known dataset); without one it is
+        skipped, or raises MetadataError when asked for explicitly in ``tasks``.
       seed: everything random (candidates, distractors, letters) derives from it.
       tasks: question types to generate (default: all 23 known types).
       num_per_task: items per question type and scene (official ``--num_subsample`` 6;
@@ -115,6 +117,8 @@ def generate_qa(
         if qtype in NEEDS_FRAMES and frame_meta is None:
             continue
         if qtype == "obj_appearance_order" and scene.fps is None:
+            if tasks is None:  # default task list: skip rather than fail the whole scene
+                continue
             raise MetadataError(f"scene '{scene.name}': field 'fps': dataset '{scene.dataset}' has no known fps; add "
                                 "'fps' to the frame metadata to generate obj_appearance_order")
         n = min(num_per_task, PER_TASK_DEFAULT.get(qtype, num_per_task))

@@ -36,6 +36,9 @@ def free_space(room: Room, res: float = 0.1, wall_margin: float = 0.5, obj_margi
     ys = np.arange(res / 2, room.depth, res)
     gx, gy = np.meshgrid(xs, ys, indexing="ij")
     free = (gx > wall_margin) & (gx < room.width - wall_margin) & (gy > wall_margin) & (gy < room.depth - wall_margin)
+    if room.cutout is not None:
+        x0, y0, x1, y1 = room.cutout
+        free &= ~((gx > x0 - wall_margin) & (gx < x1 + wall_margin) & (gy > y0 - wall_margin) & (gy < y1 + wall_margin))
     for obj in room.objects:
         a = obj.axes[:2, :2]
         rel = np.stack([gx - obj.center[0], gy - obj.center[1]], -1) @ a.T  # local xy

@@ -74,10 +74,35 @@ class Room:
     floor_colour: np.ndarray = field(default_factory=lambda: np.array([0.6, 0.5, 0.4]))
     wall_colour: np.ndarray = field(default_factory=lambda: np.array([0.85, 0.85, 0.8]))
     floor_texture: int = 2
+    # L-shaped rooms: one corner rectangle [x0, y0, x1, y1] is solid wall (None: rectangle)
+    cutout: np.ndarray | None = None
 
     @property
     def area(self) -> float:
-        return self.width * self.depth
+        """Floor area in m^2 (the rectangle minus the L cut-out)."""
+        cut = 0.0 if self.cutout is None else float((self.cutout[2] - self.cutout[0]) * (self.cutout[3] - self.cutout[1]))
+        return self.width * self.depth - cut
+
+    def cutout_footprint(self) -> np.ndarray | None:
+        """[4, 2] counter-clockwise corners of the cut-out, or None."""
+        if self.cutout is None:
+            return None
+        x0, y0, x1, y1 = self.cutout
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
+
+    def outline(self) -> np.ndarray:
+        """[K, 2] floor polygon (for maps)."""
+        W, D = self.width, self.depth
+        if self.cutout is None:
+            return np.array([[0, 0], [W, 0], [W, D], [0, D]], float)
+        x0, y0, x1, y1 = self.cutout
+        cx = x1 if x0 == 0 else x0  # the cut-out's inner corner
+        cy = y1 if y0 == 0 else y0
+        pts = {(0, 0): [[cx, 0], [W, 0], [W, D], [0, D], [0, cy], [cx, cy]],
+               (1, 0): [[0, 0], [cx, 0], [cx, cy], [W, cy], [W, D], [0, D]],
+               (1, 1): [[0, 0], [W, 0], [W, cy], [cx, cy], [cx, D], [0, D]],
+               (0, 1): [[0, 0], [W, 0], [W, D], [cx, D], [cx, cy], [0, cy]]}
+        return np.array(pts[(int(x0 > 0), int(y0 > 0))], float)
 
     @property
     def center(self) -> list[float]:
@@ -155,8 +180,10 @@ def generate_room(
     n_categories: tuple[int, int] = (7, 11),
     duplicate_prob: float = 0.35,
     clearance: float = 0.25,
+    l_shape_prob: float = 0.3,
 ) -> Room:
-    """A room with ``n_categories`` distinct categories, some duplicated (2..max_count).
+    """A room with ``n_categories`` distinct categories, some duplicated (2..max_count);
+    with probability ``l_shape_prob`` one corner (25-45 % of each side) is cut out (L shape).
 
     Objects never overlap (footprints, inflated by ``clearance``); objects that do not fit
     after 60 tries are dropped, so ``object_counts`` always matches what was placed.
@@ -165,11 +192,17 @@ def generate_room(
     room.floor_colour = rng.uniform([0.35, 0.25, 0.15], [0.75, 0.6, 0.45])
     room.wall_colour = rng.uniform([0.7, 0.7, 0.65], [0.95, 0.95, 0.92])
     room.floor_texture = int(rng.choice([1, 2]))
+    if rng.random() < l_shape_prob:
+        cw, cd = room.width * rng.uniform(0.25, 0.45), room.depth * rng.uniform(0.25, 0.45)
+        corner = int(rng.integers(4))
+        x0 = 0.0 if corner in (0, 3) else room.width - cw
+        y0 = 0.0 if corner in (0, 1) else room.depth - cd
+        room.cutout = np.array([x0, y0, x0 + cw, y0 + cd])
     k = int(rng.integers(n_categories[0], n_categories[1] + 1))
     cats = [CATALOGUE[i] for i in rng.choice(len(CATALOGUE), size=min(k, len(CATALOGUE)), replace=False)]
     # big, wall-bound furniture first: it is the hardest to fit
     cats.sort(key=lambda c: -(c.w[1] * c.d[1]))
-    placed_fp: list[np.ndarray] = []
+    placed_fp: list[np.ndarray] = [] if room.cutout is None else [room.cutout_footprint()]
     next_id = 0
     for cat in cats:
         n = 1
