@@ -96,6 +96,13 @@ class PipelineConfig:
             d["length_buckets"] = tuple(int(x) for x in d["length_buckets"])
         return cls(**d)
 
+    @classmethod
+    def for_eval(cls, **kw: Any) -> PipelineConfig:
+        """Evaluation defaults: every record once, in file order, partial last batch kept
+        (filler rows have ``valid = 0``), no time instruction (as the official eval)."""
+        base = dict(mode="eval", shuffle=False, num_epochs=1, drop_remainder=False, add_time_instruction=False)
+        return cls(**{**base, **kw})
+
     @property
     def video_tokens(self) -> int:
         return self.num_frames * self.video_tokens_per_frame

@@ -166,8 +166,7 @@ def test_batch_layout_buckets_and_frames(data):
 def test_eval_mode_left_padding_and_time_instruction(data):
     tok = data["tok"]
     src = LlavaJsonSource(data["json"], data["root"])
-    b = next(make_iterator(src, tok, PipelineConfig(**SMALL, shuffle=False, mode="eval", padding_side="left"),
-                           shard=(0, 1)))
+    b = next(make_iterator(src, tok, PipelineConfig.for_eval(**SMALL, padding_side="left"), shard=(0, 1)))
     assert (b["labels"] == IGNORE_INDEX).all() and list(b["answer"]) == ["0", "1"]
     for r in range(2):
         n = int(b["num_text_tokens"][r])
@@ -175,6 +174,9 @@ def test_eval_mode_left_padding_and_time_instruction(data):
         assert b["attention_mask"][r, T - n:].all() and not b["attention_mask"][r, : T - n].any()
         assert tok.decode(b["input_ids"][r], skip_special_tokens=False).endswith("<|im_start|>assistant\n")
         assert b["input_ids"][r, b["placeholder_index"][r]] == -200
+    batches = list(make_iterator(src, tok, PipelineConfig.for_eval(**{**SMALL, "batch_size": 3}), shard=(0, 1)))
+    assert _ids(batches) == [f"g{i}" for i in range(8)]  # file order, nothing dropped
+    assert batches[-1]["valid"].tolist() == [1, 1, 0] and batches[-1]["input_ids"].shape[0] == 3
     b = next(make_iterator(src, tok, PipelineConfig(**{**SMALL, "length_buckets": (256,)}, shuffle=False,
                                                     add_time_instruction=True), shard=(0, 1)))
     text = tok.decode(b["input_ids"][1], skip_special_tokens=False)
