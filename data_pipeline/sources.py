@@ -55,7 +55,10 @@ class BadRecordError(ValueError):
 
     def __init__(self, file: str, line: int, kind: str, message: str):
         super().__init__(f"{file}:{line}: {kind}: {message}")
-        self.file, self.line, self.kind = file, line, kind
+        self.file, self.line, self.kind, self.message = file, line, kind, message
+
+    def __reduce__(self):  # crosses process boundaries (Grain workers) intact
+        return (type(self), (self.file, self.line, self.kind, self.message))
 
 
 def is_error(record: dict) -> bool:

@@ -37,6 +37,10 @@ class VideoError(ValueError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.kind = kind
+        self.message = message
+
+    def __reduce__(self):  # crosses process boundaries (Grain workers) intact
+        return (type(self), (self.path, self.message, self.kind))
 
 
 @dataclasses.dataclass

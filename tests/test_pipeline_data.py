@@ -302,3 +302,16 @@ def test_in_process_state_roundtrip(data):
     it2 = make_iterator(src, data["tok"], cfg, shard=(0, 1))
     it2.set_state(state)
     assert [_digest(b) for b in it2] == want
+
+
+def test_errors_survive_worker_process_boundaries():
+    """Grain re-raises worker exceptions in the main process by pickling them."""
+    import pickle
+
+    from data_pipeline.chat_template import TruncationError
+    from data_pipeline.video import VideoError
+
+    for e in (BadRecordError("a.jsonl", 3, "bad_json", "x"), VideoError("v.mp4", "gone", "missing_file"),
+              TruncationError("too long")):
+        e2 = pickle.loads(pickle.dumps(e))
+        assert type(e2) is type(e) and str(e2) == str(e) and e2.kind == e.kind
