@@ -96,6 +96,15 @@ class PipelineConfig:
             d["length_buckets"] = tuple(int(x) for x in d["length_buckets"])
         return cls(**d)
 
+    def to_config_dict(self) -> Any:
+        """An ``ml_collections.ConfigDict`` of the fields (for configs/*.py); inverse of
+        :meth:`from_mapping`."""
+        import ml_collections
+
+        d = dataclasses.asdict(self)
+        d["length_buckets"] = list(d["length_buckets"])
+        return ml_collections.ConfigDict(d)
+
     @classmethod
     def for_eval(cls, **kw: Any) -> PipelineConfig:
         """Evaluation defaults: every record once, in file order, partial last batch kept

@@ -315,3 +315,14 @@ def test_errors_survive_worker_process_boundaries():
               TruncationError("too long")):
         e2 = pickle.loads(pickle.dumps(e))
         assert type(e2) is type(e) and str(e2) == str(e) and e2.kind == e.kind
+
+
+def test_config_dict_round_trip():
+    cfg = PipelineConfig(num_frames=8, geometry_size=None, length_buckets=(64, 128), batch_size=4)
+    cd = cfg.to_config_dict()
+    cd.seed = 5
+    assert PipelineConfig.from_mapping(cd.to_dict()) == PipelineConfig(**{**cfg.__dict__, "seed": 5})
+    with pytest.raises(ValueError, match="unknown pipeline config keys"):
+        PipelineConfig.from_mapping({"num_frame": 3})
+    with pytest.raises(ValueError, match="strictly increasing"):
+        PipelineConfig(length_buckets=(64, 32))
