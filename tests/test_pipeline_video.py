@@ -121,3 +121,22 @@ def test_siglip_view_bit_identical_to_official_processor():
     view = make_views(d["frames_uint8"], ViewConfig(384, 432))
     np.testing.assert_array_equal(view["frames"], d["pixel_value_lut"][d["frames_uint8"]])
     assert view["geometry_frames"].shape == (4, 432, 432, 3)
+
+
+def test_missed_frame_is_retried_without_skipping(videos, monkeypatch):
+    import data_pipeline.video as video
+
+    real = video._decode_pts
+    calls = []
+
+    def lossy(c, index, want, skip_nonref, path):
+        got = real(c, index, want, skip_nonref, path)
+        calls.append((len(want), skip_nonref))
+        if skip_nonref:
+            got.pop(want[len(want) // 2])  # pretend the decoder dropped a wanted frame
+        return got
+
+    monkeypatch.setattr(video, "_decode_pts", lossy)
+    idx = [5, 40, 77, 120]
+    np.testing.assert_array_equal(read_frames(videos["h264"], idx), read_frames_full(videos["h264"], idx))
+    assert calls == [(4, True), (1, False)]
