@@ -38,10 +38,16 @@ class ConversationError(ValueError):
         super().__init__(message)
         self.kind = kind
 
+    def __reduce__(self):  # crosses process boundaries (Grain workers) intact
+        return (ConversationError, (self.args[0], self.kind))
+
 
 class TruncationError(ConversationError):
     def __init__(self, message: str):
         super().__init__(message, kind="too_long")
+
+    def __reduce__(self):
+        return (TruncationError, (self.args[0],))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,6 +96,22 @@ class PipelineConfig:
             d["length_buckets"] = tuple(int(x) for x in d["length_buckets"])
         return cls(**d)
 
+    def to_config_dict(self) -> Any:
+        """An ``ml_collections.ConfigDict`` of the fields (for configs/*.py); inverse of
+        :meth:`from_mapping`."""
+        import ml_collections
+
+        d = dataclasses.asdict(self)
+        d["length_buckets"] = list(d["length_buckets"])
+        return ml_collections.ConfigDict(d)
+
+    @classmethod
+    def for_eval(cls, **kw: Any) -> PipelineConfig:
+        """Evaluation defaults: every record once, in file order, partial last batch kept
+        (filler rows have ``valid = 0``), no time instruction (as the official eval)."""
+        base = dict(mode="eval", shuffle=False, num_epochs=1, drop_remainder=False, add_time_instruction=False)
+        return cls(**{**base, **kw})
+
     @property
     def video_tokens(self) -> int:
         return self.num_frames * self.video_tokens_per_frame

@@ -14,7 +14,7 @@
 Every source returns one normalised record dict::
 
     {"id", "video" (absolute path), "conversations" (human/gpt turns, the last gpt turn is the
-     answer), "question_type", "data_source", "answer", "options", "file", "line"}
+     answer), "question_type", "data_source", "scene_name", "answer", "options", "file", "line"}
 
 Bad records never raise in the default mode: ``__getitem__`` returns ``{"error": kind,
 "message": ..., "file", "line", "id"}`` and the pipeline skips and counts it. With
@@ -55,7 +55,10 @@ class BadRecordError(ValueError):
 
     def __init__(self, file: str, line: int, kind: str, message: str):
         super().__init__(f"{file}:{line}: {kind}: {message}")
-        self.file, self.line, self.kind = file, line, kind
+        self.file, self.line, self.kind, self.message = file, line, kind, message
+
+    def __reduce__(self):  # crosses process boundaries (Grain workers) intact
+        return (type(self), (self.file, self.line, self.kind, self.message))
 
 
 def is_error(record: dict) -> bool:
@@ -208,6 +211,7 @@ class LlavaJsonSource(_Source):
             "conversations": [{"from": t["from"], "value": t["value"]} for t in conv],
             "question_type": str(item.get("question_type", "")),
             "data_source": str(item.get("data_source", item.get("dataset", ""))),
+            "scene_name": str(item.get("scene_name", "")),
             "answer": answer,
             "options": list(item.get("options") or []),
         }
@@ -245,6 +249,7 @@ class _BenchSource(_Source):
             "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": str(answer)}],
             "question_type": qtype,
             "data_source": str(item.get("dataset", item.get("data_source", ""))),
+            "scene_name": str(item.get("scene_name", "")),
             "answer": str(answer),
             "options": list(options),
         }

@@ -30,7 +30,7 @@ from data_pipeline.sources import make_source
 
 log = logging.getLogger(__name__)
 
-_TEXT_FIELDS = ("id", "video", "question_type", "data_source", "answer")
+_TEXT_FIELDS = ("id", "video", "question_type", "data_source", "scene_name", "answer")
 
 
 class _QaBuilder(tfds.core.GeneratorBasedBuilder):

@@ -37,6 +37,10 @@ class VideoError(ValueError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.kind = kind
+        self.message = message
+
+    def __reduce__(self):  # crosses process boundaries (Grain workers) intact
+        return (type(self), (self.path, self.message, self.kind))
 
 
 @dataclasses.dataclass
@@ -123,46 +127,75 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def read_frames(path: str, indices: Sequence[int], index: PacketIndex | None = None) -> np.ndarray:
+def _decode_pts(
+    c: av.container.InputContainer, index: PacketIndex, want: list[int], skip_nonref: bool, path: str
+) -> dict[int, np.ndarray]:
+    """Decodes the frames whose pts are in ``want`` (sorted); returns {pts: rgb}. Missing pts are
+    simply absent (the caller retries or reports them)."""
+    stream = c.streams.video[0]
+    cc = stream.codec_context
+    wanted = set(want)
+    got: dict[int, np.ndarray] = {}
+    packets = None
+    fed_max = None  # largest pts fed to the decoder since the last seek
+    last_out = None  # pts of the last frame the decoder returned
+    for tp in want:
+        if tp in got:
+            continue
+        key = index.key_pts[bisect.bisect_right(index.key_pts, tp) - 1]
+        if packets is None or fed_max is None or key > fed_max:
+            # The target's keyframe has not been fed yet: jump there (seek flushes the decoder).
+            c.seek(key, stream=stream, backward=True, any_frame=False)
+            packets, fed_max, last_out = c.demux(stream), None, None
+        try:
+            while tp not in got and not (last_out is not None and last_out > tp):
+                pkt = next(packets, None)
+                if pkt is None:
+                    packets = None
+                    break
+                if pkt.pts is not None:
+                    fed_max = pkt.pts if fed_max is None else max(fed_max, pkt.pts)
+                # Frames nobody references and nobody wants need no decoding (B-frames, mostly).
+                cc.skip_frame = "NONREF" if skip_nonref and pkt.pts is not None and pkt.pts not in wanted else "DEFAULT"
+                for frame in pkt.decode():
+                    if frame.pts is None:
+                        continue
+                    last_out = int(frame.pts)
+                    if last_out in wanted and last_out not in got:
+                        got[last_out] = _to_rgb(frame)
+        except av.error.FFmpegError as e:
+            raise VideoError(path, f"decoding failed near pts {tp} ({e}); the file is corrupt or truncated") from e
+    cc.skip_frame = "DEFAULT"
+    return got
+
+
+def read_frames(
+    path: str, indices: Sequence[int], index: PacketIndex | None = None, skip_nonref: bool = True
+) -> np.ndarray:
     """uint8 [len(indices), H, W, 3] of the given frame indices (any order, repeats allowed),
-    decoding one GOP at most per wanted frame."""
+    decoding at most one GOP per wanted frame and skipping non-reference frames that are not
+    wanted (``skip_nonref``; a frame it misses is decoded again without skipping)."""
     if index is None:
         index, _ = index_packets(path)
     want = sorted(set(int(i) for i in indices))
     if want and (want[0] < 0 or want[-1] >= len(index.pts)):
         raise IndexError(f"{path}: frame index out of range 0..{len(index.pts) - 1}: {want[0]}..{want[-1]}")
-    target_pts = [index.pts[i] for i in want]
-    got: dict[int, np.ndarray] = {}
+    want_pts = [index.pts[i] for i in want]
     c = _open(path)
     try:
-        stream = c.streams.video[0]
-        stream.thread_type = "AUTO"
-        decoder = None
-        last_pts = None  # pts of the last decoded frame
-        for i, tp in zip(want, target_pts, strict=True):
-            key = index.key_pts[bisect.bisect_right(index.key_pts, tp) - 1]
-            if decoder is None or last_pts is None or key > last_pts or tp <= last_pts:
-                c.seek(key, stream=stream, backward=True, any_frame=False)
-                decoder = c.decode(stream)
-                last_pts = None
-            frame = None
-            try:
-                for frame in decoder:
-                    if frame.pts is None:
-                        continue
-                    last_pts = int(frame.pts)
-                    if last_pts >= tp:
-                        break
-            except av.error.FFmpegError as e:
-                raise VideoError(path, f"decoding failed near frame {i} ({e}); the file is corrupt or truncated") from e
-            if frame is None or last_pts is None or last_pts < tp:
-                raise VideoError(path, f"frame {i} (pts {tp}) could not be decoded; the file is truncated or corrupt")
-            if last_pts != tp:
-                raise VideoError(path, f"seeking landed on pts {last_pts} instead of {tp} for frame {i}")
-            got[i] = _to_rgb(frame)
+        c.streams.video[0].thread_type = "AUTO"
+        got = _decode_pts(c, index, want_pts, skip_nonref, path)
+        missing = [p for p in want_pts if p not in got]
+        if missing and skip_nonref:
+            got.update(_decode_pts(c, index, missing, False, path))
+            missing = [p for p in want_pts if p not in got]
     finally:
         c.close()
-    return np.stack([got[int(i)] for i in indices])
+    if missing:
+        bad = [want[want_pts.index(p)] for p in missing[:5]]
+        raise VideoError(path, f"frames {bad} could not be decoded; the file is truncated or corrupt")
+    by_index = {i: got[p] for i, p in zip(want, want_pts, strict=True)}
+    return np.stack([by_index[int(i)] for i in indices])
 
 
 def read_frames_full(path: str, indices: Sequence[int] | None = None) -> np.ndarray:
@@ -171,6 +204,7 @@ def read_frames_full(path: str, indices: Sequence[int] | None = None) -> np.ndar
     keep = None if indices is None else set(int(i) for i in indices)
     frames: dict[int, np.ndarray] = {}
     try:
+        c.streams.video[0].thread_type = "AUTO"  # as the reference eval reader does
         try:
             for n, frame in enumerate(c.decode(video=0)):
                 if keep is None or n in keep:

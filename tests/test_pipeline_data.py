@@ -166,8 +166,7 @@ def test_batch_layout_buckets_and_frames(data):
 def test_eval_mode_left_padding_and_time_instruction(data):
     tok = data["tok"]
     src = LlavaJsonSource(data["json"], data["root"])
-    b = next(make_iterator(src, tok, PipelineConfig(**SMALL, shuffle=False, mode="eval", padding_side="left"),
-                           shard=(0, 1)))
+    b = next(make_iterator(src, tok, PipelineConfig.for_eval(**SMALL, padding_side="left"), shard=(0, 1)))
     assert (b["labels"] == IGNORE_INDEX).all() and list(b["answer"]) == ["0", "1"]
     for r in range(2):
         n = int(b["num_text_tokens"][r])
@@ -175,6 +174,9 @@ def test_eval_mode_left_padding_and_time_instruction(data):
         assert b["attention_mask"][r, T - n:].all() and not b["attention_mask"][r, : T - n].any()
         assert tok.decode(b["input_ids"][r], skip_special_tokens=False).endswith("<|im_start|>assistant\n")
         assert b["input_ids"][r, b["placeholder_index"][r]] == -200
+    batches = list(make_iterator(src, tok, PipelineConfig.for_eval(**{**SMALL, "batch_size": 3}), shard=(0, 1)))
+    assert _ids(batches) == [f"g{i}" for i in range(8)]  # file order, nothing dropped
+    assert batches[-1]["valid"].tolist() == [1, 1, 0] and batches[-1]["input_ids"].shape[0] == 3
     b = next(make_iterator(src, tok, PipelineConfig(**{**SMALL, "length_buckets": (256,)}, shuffle=False,
                                                     add_time_instruction=True), shard=(0, 1)))
     text = tok.decode(b["input_ids"][1], skip_special_tokens=False)
@@ -300,3 +302,27 @@ def test_in_process_state_roundtrip(data):
     it2 = make_iterator(src, data["tok"], cfg, shard=(0, 1))
     it2.set_state(state)
     assert [_digest(b) for b in it2] == want
+
+
+def test_errors_survive_worker_process_boundaries():
+    """Grain re-raises worker exceptions in the main process by pickling them."""
+    import pickle
+
+    from data_pipeline.chat_template import TruncationError
+    from data_pipeline.video import VideoError
+
+    for e in (BadRecordError("a.jsonl", 3, "bad_json", "x"), VideoError("v.mp4", "gone", "missing_file"),
+              TruncationError("too long")):
+        e2 = pickle.loads(pickle.dumps(e))
+        assert type(e2) is type(e) and str(e2) == str(e) and e2.kind == e.kind
+
+
+def test_config_dict_round_trip():
+    cfg = PipelineConfig(num_frames=8, geometry_size=None, length_buckets=(64, 128), batch_size=4)
+    cd = cfg.to_config_dict()
+    cd.seed = 5
+    assert PipelineConfig.from_mapping(cd.to_dict()) == PipelineConfig(**{**cfg.__dict__, "seed": 5})
+    with pytest.raises(ValueError, match="unknown pipeline config keys"):
+        PipelineConfig.from_mapping({"num_frame": 3})
+    with pytest.raises(ValueError, match="strictly increasing"):
+        PipelineConfig(length_buckets=(64, 32))

@@ -35,7 +35,7 @@ def test_tfds_round_trip(tmp_path):
     got = {src[i]["id"]: src[i] for i in range(len(src))}
     for i in range(3):
         want = ref[i]
-        for k in ("id", "video", "conversations", "question_type", "data_source", "answer", "options", "line"):
+        for k in ("id", "video", "conversations", "question_type", "data_source", "scene_name", "answer", "options", "line"):
             assert got[want["id"]][k] == want[k], k
     tok = QwenTokenizer.from_dir(build_small_tokenizer(str(tmp_path / "tok")))
     cfg = PipelineConfig(num_frames=4, siglip_size=32, geometry_size=None, length_buckets=(64, 128),

@@ -111,3 +111,32 @@ def test_geometry_resize_matches_torch_interpolate(src, dst):
     ref = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=dst, mode="bilinear", align_corners=False)
     got = resize_bilinear_np(x, dst)
     np.testing.assert_allclose(got, ref.permute(0, 2, 3, 1).numpy(), rtol=0, atol=3e-7)  # 1 ulp
+
+
+def test_siglip_view_bit_identical_to_official_processor():
+    """The golden stores the official SigLipImageProcessor's exact uint8 -> float map."""
+    from test_tokenizer import golden_vlm3r_tiny
+
+    d = np.load(os.path.join(golden_vlm3r_tiny(), "inputs.npz"))
+    view = make_views(d["frames_uint8"], ViewConfig(384, 432))
+    np.testing.assert_array_equal(view["frames"], d["pixel_value_lut"][d["frames_uint8"]])
+    assert view["geometry_frames"].shape == (4, 432, 432, 3)
+
+
+def test_missed_frame_is_retried_without_skipping(videos, monkeypatch):
+    import data_pipeline.video as video
+
+    real = video._decode_pts
+    calls = []
+
+    def lossy(c, index, want, skip_nonref, path):
+        got = real(c, index, want, skip_nonref, path)
+        calls.append((len(want), skip_nonref))
+        if skip_nonref:
+            got.pop(want[len(want) // 2])  # pretend the decoder dropped a wanted frame
+        return got
+
+    monkeypatch.setattr(video, "_decode_pts", lossy)
+    idx = [5, 40, 77, 120]
+    np.testing.assert_array_equal(read_frames(videos["h264"], idx), read_frames_full(videos["h264"], idx))
+    assert calls == [(4, True), (1, False)]
