@@ -94,8 +94,26 @@ class Qwen2LM:
 
     @classmethod
     def random(cls, cfg: Qwen2Config, seed: int = 0, **kwargs: Any) -> Qwen2LM:
-        """Randomly initialised weights (tests, benchmarks, demos)."""
-        return cls.from_model(Qwen2(cfg, rngs=nnx.Rngs(seed)), **kwargs)
+        """Random weights (tests, benchmarks, demos): kernels N(0, 1/fan_in), embedding N(0, 0.02),
+        biases 0, norm scales 1. Drawn with numpy on the host: eager jax.random would compile
+        once per parameter shape, and this keeps big random models cheap to build."""
+        graphdef, abstract = hf_qwen2.abstract_state(cfg)
+        rng = np.random.default_rng(seed)
+
+        def init(path, var):
+            name = str(getattr(path[-1], "key", path[-1]))
+            shape, dtype = var.get_value().shape, var.get_value().dtype
+            if name == "scale":
+                arr = np.ones(shape, np.float32)
+            elif name == "bias":
+                arr = np.zeros(shape, np.float32)
+            else:
+                std = 0.02 if name == "embedding" else shape[0] ** -0.5
+                arr = std * rng.standard_normal(shape, dtype=np.float32)
+            return var.replace(jnp.asarray(arr, dtype))
+
+        state = jax.tree_util.tree_map_with_path(init, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        return cls(cfg, graphdef, state, **kwargs)
 
     def save_pretrained(self, out_dir: str, dtype: Any = None, max_shard_bytes: int | None = None) -> None:
         """Writes an HF Qwen2 directory (config.json + model.safetensors) that transformers loads."""
