@@ -27,6 +27,18 @@ def _random_lm() -> Qwen2LM:
     return Qwen2LM(CFG, lm.graphdef, jax.tree_util.tree_unflatten(tree, leaves))
 
 
+def test_every_param_has_logical_axes():
+    from vlm3r_jax.convert.assign import flat_variables
+    from vlm3r_jax.convert.hf_qwen2 import abstract_state
+
+    for tied in (False, True):
+        _, state = abstract_state(CFG.replace(tie_word_embeddings=tied))
+        for path, var in flat_variables(state).items():
+            axes = var.get_metadata().get("logical_axes")
+            assert axes is not None and len(axes) == var.get_value().ndim, path
+            assert all(a is None or any(a == r[0] for r in sharding.DEFAULT_RULES) for a in axes), (path, axes)
+
+
 def test_sharded_forward_and_generate_match_single_device(tmp_path):
     assert jax.device_count() == 8
     single = _random_lm()
