@@ -139,6 +139,9 @@ def test_generate_from_embeddings(model):
     cache = jax.jit(lambda m: m.init_cache(2, 13))(model)
     out = sampling.generate(step_fn, embed_fn, state, cache, emb, jnp.asarray(mask), jax.random.key(0), stop, pad, config=cfg)
     assert out.tokens.shape == (2, 8) and list(np.asarray(out.num_tokens)) == [8, 8]
+    with pytest.raises(ValueError, match=r"cache has 11 slots but prompt 5 \+ 8 new tokens need 12"):
+        small = jax.jit(lambda m: m.init_cache(2, 11))(model)
+        sampling.generate(step_fn, embed_fn, state, small, emb, jnp.asarray(mask), jax.random.key(0), stop, pad, config=cfg)
     by_ids = Qwen2LM.from_model(model).generate(ids, max_new_tokens=8, attention_mask=mask, eos_token_id=[])
     np.testing.assert_array_equal(np.asarray(out.tokens), by_ids[:, 5:])
 
