@@ -95,6 +95,16 @@ def test_export_layout_and_reload(exported, tmp_path):
     np.testing.assert_allclose(lm_half.logits(ids), lm.logits(ids), atol=0.05 * np.abs(lm.logits(ids)).max())
 
 
+def test_bad_token_ids(exported):
+    lm, _ = exported
+    with pytest.raises(ValueError, match=r"input_ids\[0, 2\] = 53 is outside the vocabulary \[0, 53\)"):
+        lm.logits(np.array([[1, 2, 53]]))
+    with pytest.raises(ValueError, match="must be an int array"):
+        lm.logits(np.zeros((1, 3), np.float32))
+    # padding ids are free when masked
+    lm.logits(np.array([[-100, 1, 2, 3, 4], [1, 2, 3, 4, 5]]), attention_mask=np.array([[0, 1, 1, 1, 1], [1] * 5]))
+
+
 def test_missing_tensor(exported, tmp_path):
     _, d = exported
     t = _tensors(d)

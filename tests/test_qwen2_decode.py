@@ -19,18 +19,15 @@ CFG = Qwen2Config(
 )
 
 
-def _randomize(model: Qwen2, seed: int = 0) -> Qwen2:
-    """Random non-trivial biases and norm scales (init leaves them 0 / 1)."""
-    graphdef, state = nnx.split(model)
-    leaves, tree = jax.tree_util.tree_flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree_util.tree_unflatten(tree, leaves))
-
-
 @pytest.fixture(scope="module")
 def model() -> Qwen2:
-    return _randomize(Qwen2(CFG, rngs=nnx.Rngs(0)))
+    """A random model with non-trivial biases and norm scales (init leaves them 0 / 1); noise is
+    drawn with numpy because eager jax.random compiles once per parameter shape."""
+    lm = Qwen2LM.random(CFG, seed=0)
+    rng = np.random.default_rng(0)
+    leaves, tree = jax.tree_util.tree_flatten(lm.state)
+    leaves = [jnp.asarray(np.asarray(x) + 0.3 * rng.standard_normal(x.shape).astype(np.float32)) for x in leaves]
+    return nnx.merge(lm.graphdef, jax.tree_util.tree_unflatten(tree, leaves))
 
 
 # Eager NNX calls are slow; every forward in these tests goes through one jitted function.
@@ -40,7 +37,8 @@ def _fwd_jit(model, ids, mask, cache):
 
 
 def _fwd(model, ids, mask=None, cache=None):
-    return _fwd_jit(model, jnp.asarray(ids), None if mask is None else jnp.asarray(mask), cache)
+    mask = np.ones(ids.shape, np.int32) if mask is None else mask  # one trace for padded/unpadded
+    return _fwd_jit(model, jnp.asarray(ids), jnp.asarray(mask, jnp.int32), cache)
 
 
 def _full(model, ids, mask=None):
@@ -49,7 +47,7 @@ def _full(model, ids, mask=None):
 
 @pytest.mark.parametrize("side", ["none", "left", "right"])
 def test_cached_decode_equals_full_recompute(model, side):
-    """Prefill 7 tokens, then 5 single-token steps; logits equal the uncached forward."""
+    """Prefill 7 tokens, a chunk of 3, then 2 single-token steps; logits equal the uncached forward."""
     rng = np.random.default_rng(0)
     ids = rng.integers(0, CFG.vocab_size, (2, 12))
     mask = np.ones_like(ids)
@@ -61,8 +59,10 @@ def test_cached_decode_equals_full_recompute(model, side):
     cache = model.init_cache(2, 16)
     got, cache = _fwd(model, ids[:, :7], mask[:, :7], cache)
     outs = [np.asarray(got)]
-    for t in range(7, 12):
-        step, cache = _fwd(model, ids[:, t : t + 1], np.ones((2, 1), np.int32), cache)
+    chunk, cache = _fwd(model, ids[:, 7:10], None, cache)
+    outs.append(np.asarray(chunk))
+    for t in range(10, 12):
+        step, cache = _fwd(model, ids[:, t : t + 1], None, cache)
         outs.append(np.asarray(step))
     got = np.concatenate(outs, axis=1)
     real = mask.astype(bool)
@@ -70,26 +70,20 @@ def test_cached_decode_equals_full_recompute(model, side):
     assert int(cache.end) == 12 and list(np.asarray(cache.lengths)) == list(mask.sum(1))
 
 
-def test_chunked_prefill_and_last_logits(model):
-    ids = np.random.default_rng(1).integers(0, CFG.vocab_size, (1, 10))
-    ref = _full(model, ids)
-    cache = model.init_cache(1, 10)
-    a, cache = _fwd(model, ids[:, :4], np.ones((1, 4), np.int32), cache)
-    b, cache = _fwd(model, ids[:, 4:], np.ones((1, 6), np.int32), cache)
-    np.testing.assert_allclose(np.concatenate([a, b], 1), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-    # last_logits picks each row's last real token (here: right padding in row 1)
-    ids2 = np.concatenate([ids, ids], 0)
-    mask = np.ones_like(ids2)
-    mask[1, 6:] = 0
-    last = jax.jit(lambda m, ids, mask: m.last_logits(m.embed_tokens(ids), mask, m.init_cache(2, 10))[0])(
-        model, jnp.asarray(ids2), jnp.asarray(mask)
+def test_last_logits_picks_last_real_token(model):
+    ids = np.random.default_rng(1).integers(0, CFG.vocab_size, (2, 12))
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0  # right padding in row 1
+    ref = _full(model, ids, mask)
+    last = jax.jit(lambda m, ids, mask: m.last_logits(m.embed_tokens(ids), mask, m.init_cache(2, 12))[0])(
+        model, jnp.asarray(ids), jnp.asarray(mask)
     )
-    np.testing.assert_allclose(np.asarray(last[0]), ref[0, 9], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(last[1]), ref[0, 5], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(last[0]), ref[0, 11], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(last[1]), ref[1, 5], rtol=1e-5, atol=1e-5)
 
 
 def test_reference_attention_matches_xla(model):
-    ids = np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 9))
+    ids = np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 12))
     mask = np.ones_like(ids)
     mask[0, :2] = 0
     ref_model = nnx.merge(*_split_with(model, CFG.replace(attention_impl="reference")))
@@ -132,35 +126,34 @@ def test_generate_greedy_matches_recompute_and_eos(model):
 
 
 def test_generate_from_embeddings(model):
-    """The sampler's prefill takes inputs_embeds, so a VLM can splice features in."""
+    """The sampler's prefill takes inputs_embeds, so a VLM can splice features in; a left-padded
+    batch from embeddings equals the handle's id-based generate."""
     step_fn, embed_fn = qwen2_step_fns(nnx.split(model)[0])
     state = nnx.state(model)
-    ids = np.random.default_rng(4).integers(0, CFG.vocab_size, (2, 6))
+    ids = np.random.default_rng(4).integers(0, CFG.vocab_size, (2, 5))
     mask = np.ones_like(ids)
     mask[0, :2] = 0
-    cfg = sampling.SamplingConfig(max_new_tokens=6)
+    cfg = sampling.SamplingConfig(max_new_tokens=8)
     stop, pad = sampling.stop_ids_array(None)
     emb = jax.jit(lambda m, x: m.embed_tokens(x))(model, jnp.asarray(ids))
-    cache = jax.jit(lambda m: m.init_cache(2, 12))(model)
+    cache = jax.jit(lambda m: m.init_cache(2, 13))(model)
     out = sampling.generate(step_fn, embed_fn, state, cache, emb, jnp.asarray(mask), jax.random.key(0), stop, pad, config=cfg)
-    assert out.tokens.shape == (2, 6) and list(np.asarray(out.num_tokens)) == [6, 6]
-    # the padded row equals the same prompt alone, unpadded
-    alone = Qwen2LM.from_model(model).generate(ids[:1, 2:], max_new_tokens=6, eos_token_id=[])
-    np.testing.assert_array_equal(np.asarray(out.tokens[0]), alone[0, 4:])
+    assert out.tokens.shape == (2, 8) and list(np.asarray(out.num_tokens)) == [8, 8]
+    with pytest.raises(ValueError, match=r"cache has 11 slots but prompt 5 \+ 8 new tokens need 12"):
+        small = jax.jit(lambda m: m.init_cache(2, 11))(model)
+        sampling.generate(step_fn, embed_fn, state, small, emb, jnp.asarray(mask), jax.random.key(0), stop, pad, config=cfg)
+    by_ids = Qwen2LM.from_model(model).generate(ids, max_new_tokens=8, attention_mask=mask, eos_token_id=[])
+    np.testing.assert_array_equal(np.asarray(out.tokens), by_ids[:, 5:])
 
 
-def test_sampling_determinism_and_limits(model):
+def test_sampling_determinism(model):
     lm = Qwen2LM.from_model(model)
-    ids = np.random.default_rng(5).integers(0, CFG.vocab_size, (2, 4))
-    kw = dict(max_new_tokens=10, eos_token_id=[], temperature=1.5)
+    ids = np.random.default_rng(5).integers(0, CFG.vocab_size, (2, 5))  # shapes as above: greedy is compiled
+    kw = dict(max_new_tokens=8, eos_token_id=[], temperature=1.5, top_p=0.95)
     a = lm.generate(ids, seed=1, **kw)
     np.testing.assert_array_equal(a, lm.generate(ids, seed=1, **kw))
     assert not np.array_equal(a, lm.generate(ids, seed=2, **kw))
-    greedy = lm.generate(ids, max_new_tokens=10, eos_token_id=[])
-    assert not np.array_equal(a, greedy)
-    # a tiny nucleus or top_k=1 keeps only the best token: sampling becomes greedy
-    np.testing.assert_array_equal(lm.generate(ids, seed=3, top_p=1e-4, **kw), greedy)
-    np.testing.assert_array_equal(lm.generate(ids, seed=3, top_k=1, **kw), greedy)
+    assert not np.array_equal(a, lm.generate(ids, max_new_tokens=8, eos_token_id=[]))
 
 
 def test_sample_logits_top_p_support():
@@ -168,9 +161,16 @@ def test_sample_logits_top_p_support():
     probs = np.array([0.5, 0.25, 0.15, 0.06, 0.04])
     logits = jnp.log(jnp.asarray(np.tile(probs, (4000, 1)), jnp.float32))
     cfg = sampling.SamplingConfig(max_new_tokens=1, temperature=1.0, top_p=0.8)
-    tok = np.asarray(sampling.sample_logits(logits, jax.random.key(0), cfg))
+    tok = np.asarray(jax.jit(sampling.sample_logits, static_argnames="config")(logits, jax.random.key(0), config=cfg))
     assert set(tok) == {0, 1, 2}  # 0.5 + 0.25 < 0.8, so the third token is still needed
     freq = np.bincount(tok, minlength=5)[:3] / len(tok)
     np.testing.assert_allclose(freq, probs[:3] / probs[:3].sum(), atol=0.03)
+    # a tiny nucleus or top_k=1 keeps only the best token: sampling becomes greedy
+    for cfg in (
+        sampling.SamplingConfig(max_new_tokens=1, temperature=2.0, top_p=1e-4),
+        sampling.SamplingConfig(max_new_tokens=1, temperature=2.0, top_k=1),
+    ):
+        tok = jax.jit(sampling.sample_logits, static_argnames="config")(logits[:64], jax.random.key(1), config=cfg)
+        assert np.all(np.asarray(tok) == 0)
     with pytest.raises(ValueError, match="top_p"):
         sampling.SamplingConfig(max_new_tokens=1, top_p=0.0)

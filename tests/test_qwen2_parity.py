@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -29,6 +31,14 @@ CONFIGS = {
         num_key_value_heads=1, head_dim=12, rope_theta=10000.0, tie_word_embeddings=False, rms_norm_eps=1e-5,
     ),
 }
+
+
+def perturb(state, seed: int, scale: float):
+    """state + scale * N(0, 1) noise, drawn with numpy (eager jax.random would compile per shape)."""
+    rng = np.random.default_rng(seed)
+    leaves, tree = jax.tree_util.tree_flatten(state)
+    leaves = [jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape).astype(np.float32)) for x in leaves]
+    return jax.tree_util.tree_unflatten(tree, leaves)
 
 
 def _hf_model(name: str, seed: int = 0):
@@ -79,36 +89,27 @@ def test_config_read(pair):
     assert c.rope_theta == CONFIGS[name]["rope_theta"]
 
 
-def test_logits_parity(pair):
-    name, model, lm, _ = pair
-    vocab = CONFIGS[name]["vocab_size"]
-    ids = np.random.default_rng(1).integers(0, vocab, (2, 13))
-    ref = _hf_logits(model, ids)
-    ours = lm.logits(ids)
-    assert ours.shape == ref.shape and ours.dtype == np.float32
-    err = _rel(ours, ref)
-    print(f"{name}: logits max rel err {err:.2e}")
-    assert err <= 1e-5
-
-
-def test_reference_attention_matches(pair):
-    name, model, lm, d = pair
-    ids = np.random.default_rng(2).integers(0, CONFIGS[name]["vocab_size"], (1, 9))
-    ref_lm = Qwen2LM.from_pretrained(d, attention_impl="reference")
-    assert _rel(ref_lm.logits(ids), _hf_logits(model, ids)) <= 1e-5
-
-
-def test_left_padded_logits(pair):
-    name, model, lm, _ = pair
-    rng = np.random.default_rng(3)
-    ids = rng.integers(1, CONFIGS[name]["vocab_size"], (2, 10))
+def _batch(name: str, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """ids [2, 13]: row 0 full, row 1 left padded by 4; the same shape everywhere so the jitted
+    logits function compiles once per config."""
+    ids = np.random.default_rng(seed).integers(1, CONFIGS[name]["vocab_size"], (2, 13))
     mask = np.ones_like(ids)
-    mask[0, :4] = 0
-    ids[0, :4] = 0
+    mask[1, :4] = 0
+    ids[1, :4] = 0
+    return ids, mask
+
+
+def test_logits_parity(pair):
+    """Logits of an unpadded row and a left-padded row (real positions) match transformers."""
+    name, model, lm, _ = pair
+    ids, mask = _batch(name)
     ref = _hf_logits(model, ids, mask)
     ours = lm.logits(ids, attention_mask=mask)
+    assert ours.shape == ref.shape and ours.dtype == np.float32
     real = mask.astype(bool)
-    assert _rel(ours[real], ref[real]) <= 1e-5
+    err = _rel(ours[real], ref[real])
+    print(f"{name}: logits max rel err {err:.2e}")
+    assert err <= 1e-5
 
 
 def test_greedy_generate_left_padding(pair):
@@ -150,26 +151,24 @@ def test_greedy_generate_left_padding(pair):
 
 def test_export_roundtrip(pair, tmp_path):
     """Our params -> HF safetensors dir -> transformers loads it -> same logits."""
-    import jax
     import torch
     import transformers
 
     name, _, lm, _ = pair
     # perturb our params so the exported weights are not the ones we loaded
-    leaves, tree = jax.tree_util.tree_flatten(lm.state)
-    keys = jax.random.split(jax.random.key(7), len(leaves))
-    new = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    ours = Qwen2LM(lm.config, lm.graphdef, jax.tree_util.tree_unflatten(tree, new))
+    ours = Qwen2LM(lm.config, lm.graphdef, perturb(lm.state, 7, 0.05))
     out = str(tmp_path / "export")
     ours.save_pretrained(out)
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["model_type"] == "qwen2"
     hf = transformers.Qwen2ForCausalLM.from_pretrained(out, attn_implementation="eager", dtype=torch.float32).eval()
-    ids = np.random.default_rng(5).integers(0, CONFIGS[name]["vocab_size"], (2, 8))
-    assert _rel(ours.logits(ids), _hf_logits(hf, ids)) <= 1e-5
+    ids, mask = _batch(name, seed=5)
+    real = mask.astype(bool)
+    got = ours.logits(ids, attention_mask=mask)
+    assert _rel(got[real], _hf_logits(hf, ids, mask)[real]) <= 1e-5
     # and we load our own export back identically
     again = Qwen2LM.from_pretrained(out, attention_impl="xla")
-    np.testing.assert_array_equal(again.logits(ids), ours.logits(ids))
+    np.testing.assert_array_equal(again.logits(ids, attention_mask=mask), got)
 
 
 @pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
@@ -183,10 +182,12 @@ def test_half_precision_and_sharded_checkpoint(torch_dtype, tmp_path):
     model.save_pretrained(d, max_shard_size="20KB")
     assert os.path.exists(os.path.join(d, "model.safetensors.index.json"))
     lm = Qwen2LM.from_pretrained(d, dtype="float32", attention_impl="xla")
-    ids = np.random.default_rng(6).integers(0, 97, (1, 7))
+    ids, mask = _batch("gqa3_untied", seed=6)
+    real = mask.astype(bool)
     # reload in float32 rather than model.float(): .to(bf16) also rounded the rotary buffer
     ref_model = transformers.Qwen2ForCausalLM.from_pretrained(d, attn_implementation="eager", dtype=torch.float32)
-    ref = _hf_logits(ref_model.eval(), ids)
-    assert _rel(lm.logits(ids), ref) <= 1e-5
-    lm16 = Qwen2LM.from_pretrained(d, dtype="bfloat16", attention_impl="xla")
-    assert _rel(lm16.logits(ids), ref) <= 0.1  # bf16 compute: only a sanity bound
+    ref = _hf_logits(ref_model.eval(), ids, mask)
+    assert _rel(lm.logits(ids, attention_mask=mask)[real], ref[real]) <= 1e-5
+    if torch_dtype == "bfloat16":  # bf16 params and compute: a sanity bound only
+        lm16 = Qwen2LM.from_pretrained(d, dtype="bfloat16", attention_impl="xla")
+        assert _rel(lm16.logits(ids, attention_mask=mask)[real], ref[real]) <= 0.1

@@ -4,13 +4,13 @@ parameters really sharded; loading places tensors straight onto the mesh."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from vlm3r_jax import sharding
 from vlm3r_jax.infer.qwen2_lm import Qwen2LM
-from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
+from vlm3r_jax.models.qwen2 import Qwen2Config
 
 # sizes divisible by the mesh so every kernel shards (heads*head_dim = 48, mlp 64, vocab 96)
 CFG = Qwen2Config(
@@ -20,12 +20,23 @@ CFG = Qwen2Config(
 
 
 def _random_lm() -> Qwen2LM:
-    model = Qwen2(CFG, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    leaves, tree = jax.tree_util.tree_flatten(state)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [x + 0.2 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    return Qwen2LM(CFG, graphdef, jax.tree_util.tree_unflatten(tree, leaves))
+    lm = Qwen2LM.random(CFG, seed=0)
+    rng = np.random.default_rng(1)
+    leaves, tree = jax.tree_util.tree_flatten(lm.state)
+    leaves = [jnp.asarray(np.asarray(x) + 0.2 * rng.standard_normal(x.shape).astype(np.float32)) for x in leaves]
+    return Qwen2LM(CFG, lm.graphdef, jax.tree_util.tree_unflatten(tree, leaves))
+
+
+def test_every_param_has_logical_axes():
+    from vlm3r_jax.convert.assign import flat_variables
+    from vlm3r_jax.convert.hf_qwen2 import abstract_state
+
+    for tied in (False, True):
+        _, state = abstract_state(CFG.replace(tie_word_embeddings=tied))
+        for path, var in flat_variables(state).items():
+            axes = var.get_metadata().get("logical_axes")
+            assert axes is not None and len(axes) == var.get_value().ndim, path
+            assert all(a is None or any(a == r[0] for r in sharding.DEFAULT_RULES) for a in axes), (path, axes)
 
 
 def test_sharded_forward_and_generate_match_single_device(tmp_path):

@@ -126,6 +126,7 @@ def load_qwen2_state(
     ignore: tuple[str, ...] | list[str] = (),
     shardings: Any = None,
     state: Any = None,
+    truncate_vocab: bool = False,
 ) -> nnx.State:
     """Loads Qwen2 weights from ``source`` (a TensorSource or an HF directory/file path).
 
@@ -135,6 +136,9 @@ def load_qwen2_state(
     of a LLaVA-Qwen base dir: ``ignore=[r"model\\.vision_tower\\..*", r"model\\.mm_projector\\..*",
     r"model\\.image_newline"]``. ``shardings`` (from :func:`vlm3r_jax.sharding.state_shardings`)
     places each tensor as it is read. Weights are cast to ``cfg.param_dtype``.
+    ``truncate_vocab`` keeps only the first ``cfg.vocab_size`` rows of the embedding and LM head
+    when the checkpoint has more (what HF ``resize_token_embeddings(len(tokenizer))`` does when
+    shrinking; LLaVA-Qwen checkpoints are used that way).
     Raises :class:`CheckpointError` (a ValueError) naming missing / mis-shaped / unexpected tensors.
     """
     if isinstance(source, str):
@@ -149,10 +153,18 @@ def load_qwen2_state(
         ignore.append(r"lm_head\.weight")
     # Older exports carry non-persistent rotary buffers; they are recomputed here.
     ignore.append(r".*rotary_emb\.inv_freq")
+    mapping = load_mapping(cfg)
+    if truncate_vocab:
+        n = cfg.vocab_size
+        for path in ("embed.embedding", "lm_head.kernel"):
+            if path in mapping:
+                key, fn = mapping[path].keys, mapping[path].fn
+                # rows are the vocab in the torch layout [vocab, D], before the transpose
+                mapping[path] = Src(key, lambda x, fn=fn: fn(x[:n]))
     return load_state(
         state,
         source,
-        load_mapping(cfg),
+        mapping,
         ignore=ignore,
         dtype=jnp.dtype(cfg.param_dtype),
         shardings=shardings,
@@ -168,12 +180,14 @@ def load_qwen2(
     rules: Any = None,
     prefix: str = "",
     ignore: tuple[str, ...] | list[str] = (),
+    truncate_vocab: bool = False,
     **config_overrides: Any,
 ) -> tuple[Qwen2Config, nnx.GraphDef, nnx.State]:
     """Reads an HF Qwen2 (or LLaVA-Qwen) dir -> (config, graphdef, loaded state).
 
     ``dtype`` sets both the parameter and compute dtype (default float32). With ``mesh`` the
-    params are placed according to their logical axes and ``rules``.
+    params are placed according to their logical axes and ``rules``. ``config_overrides`` replace
+    config fields (e.g. ``vocab_size=len(tokenizer)`` together with ``truncate_vocab=True``).
     """
     if dtype is not None:
         config_overrides.setdefault("param_dtype", dtype)
@@ -186,7 +200,9 @@ def load_qwen2(
         from vlm3r_jax import sharding
 
         shardings = sharding.state_shardings(abstract, mesh, rules or sharding.DEFAULT_RULES)
-    state = load_qwen2_state(source, cfg, prefix=prefix, ignore=ignore, shardings=shardings, state=abstract)
+    state = load_qwen2_state(
+        source, cfg, prefix=prefix, ignore=ignore, shardings=shardings, state=abstract, truncate_vocab=truncate_vocab
+    )
     return cfg, graphdef, state
 
 

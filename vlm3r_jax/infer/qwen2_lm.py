@@ -94,8 +94,26 @@ class Qwen2LM:
 
     @classmethod
     def random(cls, cfg: Qwen2Config, seed: int = 0, **kwargs: Any) -> Qwen2LM:
-        """Randomly initialised weights (tests, benchmarks, demos)."""
-        return cls.from_model(Qwen2(cfg, rngs=nnx.Rngs(seed)), **kwargs)
+        """Random weights (tests, benchmarks, demos): kernels N(0, 1/fan_in), embedding N(0, 0.02),
+        biases 0, norm scales 1. Drawn with numpy on the host: eager jax.random would compile
+        once per parameter shape, and this keeps big random models cheap to build."""
+        graphdef, abstract = hf_qwen2.abstract_state(cfg)
+        rng = np.random.default_rng(seed)
+
+        def init(path, var):
+            name = str(getattr(path[-1], "key", path[-1]))
+            shape, dtype = var.get_value().shape, var.get_value().dtype
+            if name == "scale":
+                arr = np.ones(shape, np.float32)
+            elif name == "bias":
+                arr = np.zeros(shape, np.float32)
+            else:
+                std = 0.02 if name == "embedding" else shape[0] ** -0.5
+                arr = std * rng.standard_normal(shape, dtype=np.float32)
+            return var.replace(jnp.asarray(arr, dtype))
+
+        state = jax.tree_util.tree_map_with_path(init, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        return cls(cfg, graphdef, state, **kwargs)
 
     def save_pretrained(self, out_dir: str, dtype: Any = None, max_shard_bytes: int | None = None) -> None:
         """Writes an HF Qwen2 directory (config.json + model.safetensors) that transformers loads."""
@@ -111,6 +129,19 @@ class Qwen2LM:
 
         return sharding.use_mesh(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
 
+    def _check_ids(self, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """Token ids must index the vocabulary where the mask marks real tokens; padding ids may be
+        anything (e.g. -100) and are replaced by 0."""
+        real = np.ones(ids.shape, bool) if mask is None else mask.astype(bool)
+        bad = real & ((ids < 0) | (ids >= self.config.vocab_size))
+        if bad.any():
+            b, t = np.argwhere(bad)[0]
+            raise ValueError(
+                f"input_ids[{b}, {t}] = {ids[b, t]} is outside the vocabulary [0, {self.config.vocab_size}); "
+                "mark padding with attention_mask = 0"
+            )
+        return np.where(real, ids, 0).astype(np.int32)
+
     def _put(self, x: np.ndarray) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(x)
@@ -124,6 +155,7 @@ class Qwen2LM:
         mask = None if attention_mask is None else _as_ids(attention_mask, "attention_mask")
         if mask is not None and mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {list(mask.shape)} != input_ids shape {list(ids.shape)}")
+        ids = self._check_ids(ids, mask)
         with self._ctx():
             out = _logits_fn(self.graphdef, self.state, self._put(ids), None if mask is None else self._put(mask))
         return np.asarray(out)
@@ -151,6 +183,8 @@ class Qwen2LM:
         mask = np.ones_like(ids) if attention_mask is None else _as_ids(attention_mask, "attention_mask")
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {list(mask.shape)} != input_ids shape {list(ids.shape)}")
+        prompt = ids
+        ids = self._check_ids(ids, mask)
         if eos_token_id is None:
             eos = self.config.eos_token_ids
         else:
@@ -164,7 +198,7 @@ class Qwen2LM:
                 self._step_fn, self._embed_fn, self.graphdef, self.state, self._put(ids), self._put(mask),
                 jax.random.key(seed), stop, pad, cfg=cfg, cache_len=t + int(max_new_tokens),
             )
-        return np.concatenate([ids, np.asarray(out.tokens)], axis=1)
+        return np.concatenate([prompt, np.asarray(out.tokens)], axis=1)
 
 
 @functools.lru_cache(maxsize=64)

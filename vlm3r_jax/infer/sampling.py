@@ -125,6 +125,11 @@ def generate(
     """
     b = inputs_embeds.shape[0]
     n = config.max_new_tokens
+    need = inputs_embeds.shape[1] + n - 1
+    max_len = getattr(cache, "max_len", None)  # caches that expose their size are checked here
+    if max_len is not None and max_len < need:
+        # writes past the end would be clamped by dynamic_update_slice and silently corrupt the cache
+        raise ValueError(f"cache has {max_len} slots but prompt {inputs_embeds.shape[1]} + {n} new tokens need {need}")
     eos = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
     fill = jnp.asarray(pad_id, jnp.int32)
 
