@@ -22,7 +22,7 @@ from flax import nnx
 from data_pipeline.chat_template import TemplateConfig, question_prompt, tokenize_prompt
 from data_pipeline.image_preprocess import siglip_preprocess_np
 from data_pipeline.tokenizer import QwenTokenizer
-from vlm3r_jax.infer.sampling import SamplingConfig, generate
+from vlm3r_jax.infer.sampling import SamplingConfig, generate, stop_ids_array
 from vlm3r_jax.models.splice import check_length, placeholder_positions
 from vlm3r_jax.models.vlm3r import VLM3R, VLM3RConfig
 
@@ -165,10 +165,10 @@ class VLM3RModel:
         mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         embeds, emb_mask = self._prefill(self.params, jnp.asarray(ids), frames, mask)
         cache = self.model.llm.init_cache(b, embeds.shape[1] + max_new_tokens)
-        scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              eos_ids=tuple(self.cfg.llm.eos_token_ids))
+        scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        stop_ids, pad_id = stop_ids_array(self.cfg.llm.eos_token_ids)
         out = generate(self._step_fn, self._embed_fn, self.params, cache, embeds, emb_mask,
-                       jax.random.key(seed), config=scfg)
+                       jax.random.key(seed), stop_ids, pad_id, config=scfg)
         return np.asarray(out.tokens)
 
     def prepare_video(self, video: Any, num_frames: int | None = None) -> np.ndarray:
