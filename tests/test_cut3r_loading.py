@@ -20,7 +20,7 @@ from vlm3r_jax.convert.cut3r_ckpt import (
 )
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.torch_pickle import TorchPickleSource, load_torch_pickle
-from vlm3r_jax.models.cut3r import Cut3r, tiny_config
+from vlm3r_jax.models.cut3r import init_cut3r, tiny_config
 
 PTH = os.path.join("vlm3r_tiny", "cut3r", "cut3r_512_dpt_4_64.pth")
 ODD = dict(enc_embed_dim=24, enc_num_heads=2, dec_embed_dim=20, dec_num_heads=1, dec_depth=2, state_size=10,
@@ -115,7 +115,7 @@ def test_constructor_string_parsing():
 
 @pytest.mark.parametrize("overrides", [{}, ODD])
 def test_safetensors_dir_round_trip(tmp_path, overrides):
-    model = Cut3r(tiny_config(**overrides), rngs=nnx.Rngs(3))
+    model = init_cut3r(tiny_config(**overrides), 3)
     random_params_like(model, seed=1)
     save_cut3r_dir(model, str(tmp_path))
     loaded, cfg = load_cut3r(str(tmp_path))
@@ -129,7 +129,7 @@ def test_safetensors_dir_round_trip(tmp_path, overrides):
 def test_missing_and_misshaped_tensors(tmp_path):
     from vlm3r_jax.convert.safetensors_io import save_safetensors
 
-    model = Cut3r(tiny_config(), rngs=nnx.Rngs(0))
+    model = init_cut3r(tiny_config(), 0)
     save_cut3r_dir(model, str(tmp_path))
     sd = export_state_dict(nnx.split(model)[1])
     del sd["dec_blocks.1.attn.qkv.weight"]
@@ -152,7 +152,7 @@ def test_torch_pth_written_by_torch_reads_identically(tmp_path, golden_dir):
     from vlm3r_jax.convert.torch_pickle import load_with_torch
 
     cfg = tiny_config(**ODD)
-    model = Cut3r(cfg, rngs=nnx.Rngs(5))
+    model = init_cut3r(cfg, 5)
     random_params_like(model, seed=2)
     sd = {k: torch.from_numpy(np.array(v)) for k, v in export_state_dict(nnx.split(model)[1]).items()}
     sd["enc_norm_ray_map.weight"] = torch.ones(cfg.enc_embed_dim)  # unused reference weights are ignored
