@@ -140,7 +140,7 @@ def test_streaming_matches_whole_video(odd_geo, video, whole):
         for k in ("dec_pose_token_out", "dec_img_tokens_out", "state_after_frame", "mem_after_frame"):
             np.testing.assert_allclose(np.asarray(out[k]), whole[k][:, i], atol=1e-4, rtol=1e-4, err_msg=k)
     last = whole["dec_img_layer2"]  # what .tokens() returns: camera token first
-    assert last.shape == (2, 3, 1 + 6, 24)
+    assert last.shape == (2, 2, 1 + 6, 24)
     np.testing.assert_array_equal(last[:, :, :1], whole["dec_pose_token_out"])
     np.testing.assert_array_equal(last[:, :, 1:], whole["dec_img_tokens_out"])
 
