@@ -27,13 +27,6 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/cut3r_512_dpt.py", "CUT3R extraction config")
-_VIDEOS = flags.DEFINE_string("videos", None, "directory of videos (searched recursively)")
-_OUT = flags.DEFINE_string("out", None, "output directory for the per-video token files")
-_CONVERT = flags.DEFINE_string("convert_pt", None, "convert an existing official spatial_features/*.pt cache dir")
-_LIMIT = flags.DEFINE_integer("limit", 0, "process at most this many videos (0 = all)")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "recompute files that already exist")
-
 CACHE_KEYS = ("camera_tokens", "patch_tokens")
 
 
@@ -144,17 +137,31 @@ def convert_pt_cache(src_dir: str, out: str, fmt: str = "safetensors", out_dtype
     return written
 
 
-def main(argv: list[str]) -> None:
+def _define_flags() -> dict:
+    # Defined only when run as a script, so importing this module (tests, other launchers) never
+    # registers duplicate absl flags.
+    return dict(
+        config=config_flags.DEFINE_config_file("config", "configs/cut3r_512_dpt.py", "CUT3R extraction config"),
+        videos=flags.DEFINE_string("videos", None, "directory of videos (searched recursively)"),
+        out=flags.DEFINE_string("out", None, "output directory for the per-video token files"),
+        convert_pt=flags.DEFINE_string("convert_pt", None, "convert an existing official spatial_features/*.pt dir"),
+        limit=flags.DEFINE_integer("limit", 0, "process at most this many videos (0 = all)"),
+        overwrite=flags.DEFINE_bool("overwrite", False, "recompute files that already exist"),
+    )
+
+
+def main(argv: list[str], f: dict) -> None:
     del argv
-    if not _OUT.value:
+    if not f["out"].value:
         raise app.UsageError("--out is required")
-    if _CONVERT.value:
-        convert_pt_cache(_CONVERT.value, _OUT.value, _CONFIG.value.extract.format)
+    if f["convert_pt"].value:
+        convert_pt_cache(f["convert_pt"].value, f["out"].value, f["config"].value.extract.format)
         return
-    if not _VIDEOS.value:
+    if not f["videos"].value:
         raise app.UsageError("--videos (or --convert_pt) is required")
-    extract(_CONFIG.value, _VIDEOS.value, _OUT.value, _LIMIT.value, _OVERWRITE.value)
+    extract(f["config"].value, f["videos"].value, f["out"].value, f["limit"].value, f["overwrite"].value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _flags = _define_flags()
+    app.run(lambda argv: main(argv, _flags))
