@@ -123,9 +123,16 @@ def bench_reference(src: str, shape: dict, frames: np.ndarray, heads: bool, repe
     f, h, w, _ = frames.shape
     img = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
     views = [
-        dict(img=img[i : i + 1], ray_map=torch.full((1, 6, h, w), torch.nan), true_shape=torch.tensor([[h, w]]),
-             img_mask=torch.tensor([True]), ray_mask=torch.tensor([False]), update=torch.tensor([True]),
-             reset=torch.tensor([False]), camera_pose=torch.eye(4)[None])  # fmt: skip
+        dict(
+            img=img[i : i + 1],
+            ray_map=torch.full((1, 6, h, w), torch.nan),
+            true_shape=torch.tensor([[h, w]]),
+            img_mask=torch.tensor([True]),
+            ray_mask=torch.tensor([False]),
+            update=torch.tensor([True]),
+            reset=torch.tensor([False]),
+            camera_pose=torch.eye(4)[None],
+        )  # fmt: skip
         for i in range(f)
     ]
     if not heads:  # VLM-3R discards the DPT output; skip it on the reference side too

@@ -58,7 +58,9 @@ def test_malicious_pickle_refused(tmp_path, evil):
         os.remove(marker)
     p = tmp_path / "evil.pth"
     _zip_pickle(p, pickle.dumps({"model": {"w": evil}}, protocol=2))
-    with pytest.raises(CheckpointError, match=r"refusing to unpickle (posix|nt|os|builtins|__builtin__)\.(system|eval)"):
+    with pytest.raises(
+        CheckpointError, match=r"refusing to unpickle (posix|nt|os|builtins|__builtin__)\.(system|eval)"
+    ):
         TorchPickleSource(str(p))
     with pytest.raises(CheckpointError, match="refusing"):
         load_cut3r(str(p))

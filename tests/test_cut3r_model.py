@@ -67,6 +67,7 @@ def test_upsample_align_corners():
     for h, w in ((1, 3), (2, 2), (3, 5)):
         x = rng.normal(size=(1, h, w, 2)).astype(np.float32)
         got = np.asarray(upsample2x_align_corners(jnp.asarray(x)))
+
         # explicit formula: out[i] samples in[i * (n - 1) / (2n - 1)]
         def axis_w(n):
             m = np.zeros((2 * n, n))
@@ -77,6 +78,7 @@ def test_upsample_align_corners():
                 m[i, i0] += 1 - (s - i0)
                 m[i, i1] += s - i0
             return m
+
         want = np.einsum("ih,jw,bhwc->bijc", axis_w(h), axis_w(w), x)
         np.testing.assert_allclose(got, want, atol=1e-6)
 

@@ -252,7 +252,10 @@ def name_map(state: Any, source_keys: set[str] | None = None) -> dict[str, Src]:
             m = re.match(r"(.*scratch\.)layer_rn\.(\d)\.weight$", key)
             if m and f"{m.group(1)}layer{int(m.group(2)) + 1}_rn.weight" in source_keys:
                 key = f"{m.group(1)}layer{int(m.group(2)) + 1}_rn.weight"
-            elif key.startswith("dec_blocks_state.") and key.replace("dec_blocks_state.", "dec_blocks.", 1) in source_keys:
+            elif (
+                key.startswith("dec_blocks_state.")
+                and key.replace("dec_blocks_state.", "dec_blocks.", 1) in source_keys
+            ):
                 key = key.replace("dec_blocks_state.", "dec_blocks.", 1)
         fn, _ = _transform(path, np.ndim(var.get_value()) if hasattr(var.get_value(), "ndim") else 0)
         out[path] = Src(key, fn) if fn is not None else Src(key)
@@ -298,7 +301,9 @@ def open_checkpoint(path: str) -> tuple[dict[str, Any] | Cut3rConfig, TensorSour
             pths = [f for f in os.listdir(path) if f.endswith(".pth")]
             if len(pths) == 1:
                 return open_checkpoint(os.path.join(path, pths[0]))
-            raise FileNotFoundError(f"{path}: no config.json (and not exactly one .pth); expected config.json + model.safetensors")
+            raise FileNotFoundError(
+                f"{path}: no config.json (and not exactly one .pth); expected config.json + model.safetensors"
+            )
         with open(cfg_path, encoding="utf-8") as f:
             d = json.load(f)
         try:
@@ -354,7 +359,13 @@ def load_cut3r(
     graphdef, state = nnx.split(abstract_cut3r(cfg))
     mapping = name_map(state, keys)
     state = load_state(
-        state, source, mapping, ignore=IGNORED_SOURCE_KEYS, dtype=jnp.dtype(dtype), shardings=shardings, what="CUT3R checkpoint"
+        state,
+        source,
+        mapping,
+        ignore=IGNORED_SOURCE_KEYS,
+        dtype=jnp.dtype(dtype),
+        shardings=shardings,
+        what="CUT3R checkpoint",
     )
     return nnx.merge(graphdef, state), cfg
 

@@ -213,9 +213,13 @@ class TorchPickleSource:
             try:
                 raw = self._zip.read(member)
             except KeyError as e:
-                raise CheckpointError(f"{self.path}: storage {member!r} is missing from the archive (truncated?)") from e
+                raise CheckpointError(
+                    f"{self.path}: storage {member!r} is missing from the archive (truncated?)"
+                ) from e
             except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-                raise CheckpointError(f"{self.path}: cannot read {member!r} ({e}); the file is truncated or corrupt") from e
+                raise CheckpointError(
+                    f"{self.path}: cannot read {member!r} ({e}); the file is truncated or corrupt"
+                ) from e
             dt = ref.dtype if self._little else ref.dtype.newbyteorder(">")
             need = ref.numel * dt.itemsize
             if len(raw) < need:

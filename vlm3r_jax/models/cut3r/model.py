@@ -46,7 +46,8 @@ class Cut3r(nnx.Module):
         )
         self.pose_retriever = PoseRetriever(cfg, rngs=rngs)
         self.register_tokens = nnx.Param(
-            jax.random.normal(rngs.params(), (cfg.state_size, cfg.enc_embed_dim), pd), logical_axes=("positions", "embed")
+            jax.random.normal(rngs.params(), (cfg.state_size, cfg.enc_embed_dim), pd),
+            logical_axes=("positions", "embed"),
         )
         self.downstream_head = DPTPts3dPose(cfg, rngs=rngs)
 
@@ -88,7 +89,9 @@ class Cut3r(nnx.Module):
         retrieved = self.pose_retriever.inquire(g, carry.mem)
         learned = jnp.broadcast_to(self.pose_token[...].astype(retrieved.dtype), retrieved.shape)
         pose_in = jnp.where(carry.first, learned, retrieved)
-        new_state, dec = self.decoder(carry.state, state_positions(cfg.state_size, cfg.state_pe), enc_feat, enc_pos, pose_in)
+        new_state, dec = self.decoder(
+            carry.state, state_positions(cfg.state_size, cfg.state_pe), enc_feat, enc_pos, pose_in
+        )
         new_state = constrain(new_state, ("batch", "length", "act_embed"))
         pose_out = dec[-1][:, :1]
         new_mem = self.pose_retriever.update_mem(carry.mem, g, pose_out)
