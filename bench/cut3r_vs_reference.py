@@ -70,22 +70,25 @@ def _torch_rope_standin():
             d = tokens.shape[-1] // 4
             if d == 0:  # e.g. the 16-head ray encoder of a tiny model: the kernel rotates nothing
                 return tokens
-            inv = self.base ** (-torch.arange(d, dtype=torch.float32, device=tokens.device) / d)
+            # like the kernel: load (half or float) into float32, rotate in float32, store in place
+            t = tokens.float()
+            inv = self.base ** (torch.arange(d, dtype=torch.float32, device=tokens.device) / d)
             out = []
             for axis in range(2):
-                ang = self.F0 * positions[:, None, :, axis, None].float() * inv  # [B, 1, N, d]
-                c, s = ang.cos().to(tokens.dtype), ang.sin().to(tokens.dtype)
-                u = tokens[..., axis * 2 * d : axis * 2 * d + d]
-                v = tokens[..., axis * 2 * d + d : (axis + 1) * 2 * d]
+                ang = (self.F0 * positions[:, None, :, axis, None].float()) / inv  # [B, 1, N, d]
+                c, s = ang.cos(), ang.sin()
+                u = t[..., axis * 2 * d : axis * 2 * d + d]
+                v = t[..., axis * 2 * d + d : (axis + 1) * 2 * d]
                 out += [u * c - v * s, v * c + u * s]
-            tokens.copy_(torch.cat(out, dim=-1))
+            tokens.copy_(torch.cat(out, dim=-1).to(tokens.dtype))
             return tokens
 
     return cuRoPE2D
 
 
-def bench_reference(src: str, shape: dict, frames: np.ndarray, heads: bool, repeats: int) -> dict:
-    import torch
+def import_reference(src: str):
+    """Imports ``ARCroco3DStereo``/``ARCroco3DStereoConfig`` and CroCo's ``dpt_block`` module from a clone
+    of the reference repository (stubbing ``accelerate`` and ``curope`` when they are missing)."""
 
     sys.path.insert(0, os.path.join(src, "src"))
     import transformers  # noqa: F401  (imported before the accelerate stub below)
@@ -109,11 +112,19 @@ def bench_reference(src: str, shape: dict, frames: np.ndarray, heads: bool, repe
         stub = types.ModuleType("models.curope")
         stub.cuRoPE2D = _torch_rope_standin()
         sys.modules["models.curope"] = stub
+    import models.dpt_block as dpt_block
     from dust3r.model import ARCroco3DStereo, ARCroco3DStereoConfig
 
     if stubbed:  # transformers probes find_spec("accelerate") later; a stub without a spec breaks that
         del sys.modules["accelerate"], sys.modules["accelerate.logging"]
 
+    return ARCroco3DStereo, ARCroco3DStereoConfig, dpt_block
+
+
+def bench_reference(src: str, shape: dict, frames: np.ndarray, heads: bool, repeats: int) -> dict:
+    import torch
+
+    ARCroco3DStereo, ARCroco3DStereoConfig, _ = import_reference(src)
     inf = float("inf")
     kw = dict(output_mode="pts3d+pose", head_type="dpt", depth_mode=("exp", -inf, inf), conf_mode=("exp", 1, inf),
               pose_mode=("exp", -inf, inf), landscape_only=False, patch_embed_cls="PatchEmbedDust3R", state_pe="2d",
