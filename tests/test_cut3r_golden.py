@@ -35,7 +35,9 @@ def _max_err(out, ref, keys):
     return {k: float(np.abs(out[k].astype(np.float64) - ref[k]).max()) for k in keys}
 
 
-@pytest.mark.parametrize("fp16", [True, False])
+# fp16=False (no emulation of the reference's q/k rounding) is the slow-marked variant to keep the
+# default run short; its measured errors are in docs/cut3r.md.
+@pytest.mark.parametrize("fp16", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_cut3r_tiny_golden_parity(tiny, fp16):
     g, inp, ref = tiny
     geo = Cut3rGeometry.from_pretrained(g, config_overrides={"rope_fp16_rounding": fp16})

@@ -24,7 +24,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -35,7 +34,7 @@ from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
 from vlm3r_jax.convert.sources import PrefixSource, TensorSource
 from vlm3r_jax.convert.torch_pickle import TorchPickleSource
 from vlm3r_jax.models.cut3r.config import Cut3rConfig, decode_inf
-from vlm3r_jax.models.cut3r.model import Cut3r
+from vlm3r_jax.models.cut3r.model import Cut3r, abstract_cut3r
 
 INF = math.inf
 
@@ -253,7 +252,10 @@ def name_map(state: Any, source_keys: set[str] | None = None) -> dict[str, Src]:
             m = re.match(r"(.*scratch\.)layer_rn\.(\d)\.weight$", key)
             if m and f"{m.group(1)}layer{int(m.group(2)) + 1}_rn.weight" in source_keys:
                 key = f"{m.group(1)}layer{int(m.group(2)) + 1}_rn.weight"
-            elif key.startswith("dec_blocks_state.") and key.replace("dec_blocks_state.", "dec_blocks.", 1) in source_keys:
+            elif (
+                key.startswith("dec_blocks_state.")
+                and key.replace("dec_blocks_state.", "dec_blocks.", 1) in source_keys
+            ):
                 key = key.replace("dec_blocks_state.", "dec_blocks.", 1)
         fn, _ = _transform(path, np.ndim(var.get_value()) if hasattr(var.get_value(), "ndim") else 0)
         out[path] = Src(key, fn) if fn is not None else Src(key)
@@ -299,7 +301,9 @@ def open_checkpoint(path: str) -> tuple[dict[str, Any] | Cut3rConfig, TensorSour
             pths = [f for f in os.listdir(path) if f.endswith(".pth")]
             if len(pths) == 1:
                 return open_checkpoint(os.path.join(path, pths[0]))
-            raise FileNotFoundError(f"{path}: no config.json (and not exactly one .pth); expected config.json + model.safetensors")
+            raise FileNotFoundError(
+                f"{path}: no config.json (and not exactly one .pth); expected config.json + model.safetensors"
+            )
         with open(cfg_path, encoding="utf-8") as f:
             d = json.load(f)
         try:
@@ -352,11 +356,16 @@ def load_cut3r(
             raise CheckpointError(f"{path}: {e}") from e
     else:
         cfg = config_from_reference_kwargs(cfg_or_kwargs, **over)
-    abstract = nnx.eval_shape(lambda: Cut3r(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+    graphdef, state = nnx.split(abstract_cut3r(cfg))
     mapping = name_map(state, keys)
     state = load_state(
-        state, source, mapping, ignore=IGNORED_SOURCE_KEYS, dtype=jnp.dtype(dtype), shardings=shardings, what="CUT3R checkpoint"
+        state,
+        source,
+        mapping,
+        ignore=IGNORED_SOURCE_KEYS,
+        dtype=jnp.dtype(dtype),
+        shardings=shardings,
+        what="CUT3R checkpoint",
     )
     return nnx.merge(graphdef, state), cfg
 
@@ -371,10 +380,10 @@ def save_cut3r_dir(model: Cut3r, path: str) -> None:
 
 
 def random_params_like(model: Cut3r, seed: int = 0, scale: float = 0.05) -> None:
-    """Perturbs every parameter in place (tests: zero-initialised biases hide mapping bugs)."""
+    """Adds N(0, scale^2) noise to every parameter in place, drawn on the host (tests: zero biases
+    and unit norms would hide name-map mistakes)."""
     _, state = nnx.split(model)
-    leaves = flat_variables(state)
-    key = jax.random.PRNGKey(seed)
-    for i, (_, var) in enumerate(sorted(leaves.items())):
-        v = var.get_value()
-        var.set_value(v + scale * jax.random.normal(jax.random.fold_in(key, i), v.shape, v.dtype))
+    rng = np.random.default_rng(seed)
+    for _, var in sorted(flat_variables(state).items()):
+        v = np.asarray(var.get_value())
+        var.set_value(jnp.asarray((v + scale * rng.normal(size=v.shape)).astype(v.dtype)))

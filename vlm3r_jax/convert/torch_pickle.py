@@ -187,7 +187,10 @@ class TorchPickleSource:
             raise CheckpointError(f"{self.path}: corrupt pickle in {pkls[0]} ({type(e).__name__}: {e})") from e
         self._tensors: dict[str, TensorRef] = {}
         _flatten(self.obj, "", self._tensors)
+        # a storage read from the archive stays cached only while tensors that view it remain unread,
+        # so streaming a multi-GB checkpoint through get() never holds the whole file in memory
         self._cache: dict[str, np.ndarray] = {}
+        self._pending: dict[str, int] = collections.Counter(t.storage.key for t in self._tensors.values())
 
     # --- TensorSource ---------------------------------------------------------------------------
     def keys(self) -> Iterable[str]:
@@ -200,7 +203,13 @@ class TorchPickleSource:
         return self._tensors[key].dtype
 
     def get(self, key: str) -> np.ndarray:
-        return self.materialize(self._tensors[key], name=key)
+        t = self._tensors[key]
+        arr = self.materialize(t, name=key)
+        k = t.storage.key
+        self._pending[k] -= 1
+        if self._pending[k] <= 0:
+            self._cache.pop(k, None)
+        return arr
 
     def where(self, key: str | None = None) -> str:
         return self.path
@@ -213,9 +222,13 @@ class TorchPickleSource:
             try:
                 raw = self._zip.read(member)
             except KeyError as e:
-                raise CheckpointError(f"{self.path}: storage {member!r} is missing from the archive (truncated?)") from e
+                raise CheckpointError(
+                    f"{self.path}: storage {member!r} is missing from the archive (truncated?)"
+                ) from e
             except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-                raise CheckpointError(f"{self.path}: cannot read {member!r} ({e}); the file is truncated or corrupt") from e
+                raise CheckpointError(
+                    f"{self.path}: cannot read {member!r} ({e}); the file is truncated or corrupt"
+                ) from e
             dt = ref.dtype if self._little else ref.dtype.newbyteorder(">")
             need = ref.numel * dt.itemsize
             if len(raw) < need:

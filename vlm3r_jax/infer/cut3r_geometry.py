@@ -58,6 +58,9 @@ class Cut3rGeometry:
         self._fwd = {h: jax.jit(forward_fn(self.graphdef, with_heads=h)) for h in (True, False)}
         self._step = {h: jax.jit(step_fn(self.graphdef, with_heads=h)) for h in (True, False)}
         self._init = jax.jit(init_fn(self.graphdef), static_argnums=1)
+        graphdef = self.graphdef
+        # only the last decoder layer leaves the device (the scan's other outputs are dead code)
+        self._tokens = jax.jit(lambda state, images: nnx.merge(graphdef, state).tokens(images))
 
     @classmethod
     def from_pretrained(
@@ -114,8 +117,7 @@ class Cut3rGeometry:
         """frames: float [T, H, W, 3] in [-1, 1] -> [T, 1 + N, Dd]: camera token, then the patch
         tokens of the last (normed) decoder layer - the key/value input of VLM-3R's fusion."""
         x = _check_frames(frames, self.cfg.patch_size)
-        out = self.stream_batch(x[None], with_heads=False)
-        return np.asarray(out[f"dec_img_layer{self.cfg.dec_depth}"][0])
+        return np.asarray(self._run(self._tokens, self.state, x[None])[0])
 
     def tokens_from_siglip_pixels(self, pixels: Any, size: tuple[int, int] = VLM3R_CUT3R_SIZE) -> np.ndarray:
         """VLM-3R's call: SigLIP-normalised frames [T, 384, 384, 3] -> bilinear (half-pixel, no

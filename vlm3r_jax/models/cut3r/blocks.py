@@ -61,9 +61,7 @@ class Attention(nnx.Module):
     """Self-attention with a fused ``qkv`` projection laid out [q | k | v] (each split into heads
     of contiguous head_dim) and 2-D RoPE on q and k."""
 
-    def __init__(
-        self, dim: int, num_heads: int, *, rope: RopeSpec | None, impl: str, param_dtype: Any, rngs: nnx.Rngs
-    ):
+    def __init__(self, dim: int, num_heads: int, *, rope: RopeSpec | None, impl: str, param_dtype: Any, rngs: nnx.Rngs):
         self.num_heads = num_heads
         self.rope = rope
         self.impl = impl
@@ -85,9 +83,7 @@ class CrossAttention(nnx.Module):
     """Cross-attention ``projq/projk/projv/proj``; q rotated by the query positions, k by the key
     positions."""
 
-    def __init__(
-        self, dim: int, num_heads: int, *, rope: RopeSpec | None, impl: str, param_dtype: Any, rngs: nnx.Rngs
-    ):
+    def __init__(self, dim: int, num_heads: int, *, rope: RopeSpec | None, impl: str, param_dtype: Any, rngs: nnx.Rngs):
         self.num_heads = num_heads
         self.rope = rope
         self.impl = impl

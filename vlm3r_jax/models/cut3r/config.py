@@ -92,7 +92,11 @@ class Cut3rConfig:
             mode = getattr(self, mode_name)
             if len(mode) != 3:
                 problems.append(f"{mode_name}={mode!r} must be (name, vmin, vmax)")
-        if self.depth_mode[0] not in ("exp", "linear", "square") or self.pose_mode[0] not in ("exp", "linear", "square"):
+        if self.depth_mode[0] not in ("exp", "linear", "square") or self.pose_mode[0] not in (
+            "exp",
+            "linear",
+            "square",
+        ):
             problems.append(f"unsupported depth/pose mode {self.depth_mode[0]!r}/{self.pose_mode[0]!r}")
         if self.conf_mode[0] not in ("exp", "sigmoid"):
             problems.append(f"unsupported conf_mode {self.conf_mode[0]!r}")

@@ -128,9 +128,7 @@ class DPTPts3dPose(nnx.Module):
         self.dpt_rgb = DPTOutputAdapter(dims, 3, **kw) if cfg.rgb_head else None
         self.pose_head = PoseDecoder(dd, cfg.pose_decoder_mlp_ratio, param_dtype=pd, rngs=rngs)
 
-    def __call__(
-        self, hooks: list[jax.Array], img_pos: jax.Array, image_hw: tuple[int, int]
-    ) -> dict[str, jax.Array]:
+    def __call__(self, hooks: list[jax.Array], img_pos: jax.Array, image_hw: tuple[int, int]) -> dict[str, jax.Array]:
         """hooks: [enc_feat [B,N,De], dec_l1 [B,N,Dd], dec_l2 [B,N,Dd], dec_last [B,1+N,Dd] (pose token
         first)], img_pos: int [N, 2] -> dict of per-pixel maps [B, H, W, ...] and pose [B, 7]."""
         cfg = self.cfg

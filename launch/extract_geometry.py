@@ -1,0 +1,167 @@
+"""Offline CUT3R feature cache: ``python -m launch.extract_geometry --config configs/cut3r_512_dpt.py
+--videos DIR --out DIR [--config.checkpoint=PATH] [--config.extract.format=npz]``.
+
+For every video under ``--videos`` (recursively) it writes ``<out>/<relative path>.safetensors`` (or
+``.npz``) holding ``camera_tokens`` [F, 1, D] and ``patch_tokens`` [F, N, D] in
+``config.extract.out_dtype`` - the same two tensors as the official VLM-3R cache
+(``scripts/extract_spatial_features.py``). Frames are sampled as the official pipeline does
+(``num_frames`` uniformly spaced indices, ``np.linspace(0, total - 1, n).astype(int)``), squashed to
+SigLIP's 384x384 with PIL bicubic, normalised to [-1, 1] and resized bilinearly to 432x432.
+
+Resumable: finished outputs are skipped (each file is written under a temporary name and renamed).
+
+Official cache convention: the training data loader looks for ``.../spatial_features/<scene>.pt`` next
+to ``.../videos/<scene>.mp4`` (path with ``videos`` -> ``spatial_features`` and ``.mp4`` -> ``.pt``). Such
+existing ``.pt`` files (``torch.save({"camera_tokens", "patch_tokens"})``) convert to our format without
+torch or CUT3R: ``python -m launch.extract_geometry --convert_pt DIR --out DIR``. Read caches with
+:func:`load_feature_cache`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+CACHE_KEYS = ("camera_tokens", "patch_tokens")
+
+
+def official_cache_path(video_path: str) -> str:
+    """The official loader's location of a video's cached features:
+    ``.../videos/<scene>.mp4`` -> ``.../spatial_features/<scene>.pt``."""
+    return os.path.splitext(video_path.replace("videos", "spatial_features"))[0] + ".pt"
+
+
+def cache_path(rel: str, out_dir: str, fmt: str) -> str:
+    return os.path.join(out_dir, os.path.splitext(rel)[0] + (".safetensors" if fmt == "safetensors" else ".npz"))
+
+
+def save_feature_cache(path: str, tokens: np.ndarray, out_dtype: str = "float16", meta: dict | None = None) -> None:
+    """tokens [F, 1 + N, D] (camera first) -> ``camera_tokens`` [F, 1, D] + ``patch_tokens`` [F, N, D],
+    written atomically (temporary name, then rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    arrs = {"camera_tokens": tokens[:, :1].astype(out_dtype), "patch_tokens": tokens[:, 1:].astype(out_dtype)}
+    if path.endswith(".safetensors"):
+        from vlm3r_jax.convert.safetensors_io import save_safetensors
+
+        save_safetensors(path, arrs, metadata={k: str(v) for k, v in (meta or {}).items()})
+    else:
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        np.savez(tmp, **arrs)
+        os.replace(tmp, path)
+
+
+def load_feature_cache(path: str) -> np.ndarray:
+    """A cache file (ours: .safetensors/.npz; official: .pt) -> tokens [F, 1 + N, D], camera token first."""
+    if path.endswith(".safetensors"):
+        from vlm3r_jax.convert.safetensors_io import SafetensorsDir
+
+        src = SafetensorsDir(path)
+        d = {k: np.asarray(src.get(k)) for k in CACHE_KEYS}
+    elif path.endswith(".npz"):
+        with np.load(path) as z:
+            d = {k: z[k] for k in CACHE_KEYS}
+    else:
+        from vlm3r_jax.convert.torch_pickle import load_torch_pickle
+
+        d = load_torch_pickle(path)
+        if not isinstance(d, dict) or not all(k in d for k in CACHE_KEYS):
+            raise ValueError(f"{path}: expected a dict with {CACHE_KEYS}, got {type(d).__name__}")
+    return np.concatenate([d["camera_tokens"], d["patch_tokens"]], axis=1)
+
+
+def sample_indices(total: int, num_frames: int) -> np.ndarray:
+    """The official uniform sampling (``force_sample``): ``linspace(0, total - 1, n)`` as int."""
+    return np.linspace(0, total - 1, num_frames).astype(int)
+
+
+def read_frames(path: str, num_frames: int) -> np.ndarray:
+    """Decodes ``num_frames`` uniformly sampled RGB frames with PyAV -> uint8 [F, H, W, 3]."""
+    import av
+
+    with av.open(path) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{path}: no decodable video frames")
+    return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)])
+
+
+def iter_videos(root: str, exts: tuple[str, ...]) -> Iterator[str]:
+    for d, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            if f.lower().endswith(tuple(exts)):
+                yield os.path.relpath(os.path.join(d, f), root)
+
+
+def extract(config, videos: str, out: str, limit: int = 0, overwrite: bool = False) -> list[str]:
+    """Runs the extraction; returns the output paths written in this call."""
+    from tqdm import tqdm
+
+    from data_pipeline.image_preprocess import siglip_preprocess_np
+    from vlm3r_jax.infer.cut3r_geometry import Cut3rGeometry
+
+    ex = config.extract
+    todo = list(iter_videos(videos, tuple(ex.video_exts)))
+    if limit:
+        todo = todo[:limit]
+    pending = [r for r in todo if overwrite or not os.path.exists(cache_path(r, out, ex.format))]
+    print(f"{len(todo)} videos, {len(todo) - len(pending)} already done, {len(pending)} to extract", file=sys.stderr)
+    if not pending:
+        return []
+    geo = Cut3rGeometry.from_pretrained(config.checkpoint, dtype=config.dtype.compute_dtype)
+    written = []
+    for rel in tqdm(pending, desc="CUT3R features", unit="video"):
+        frames = read_frames(os.path.join(videos, rel), ex.num_frames)
+        pixels = siglip_preprocess_np(frames, ex.siglip_size)
+        tok = geo.tokens_from_siglip_pixels(pixels, tuple(ex.cut3r_size))
+        dst = cache_path(rel, out, ex.format)
+        save_feature_cache(dst, tok, ex.out_dtype, meta={"source": rel, "num_frames": ex.num_frames})
+        written.append(dst)
+    return written
+
+
+def convert_pt_cache(src_dir: str, out: str, fmt: str = "safetensors", out_dtype: str | None = None) -> list[str]:
+    """Official ``spatial_features/*.pt`` files -> our format (pickle-free, no torch needed)."""
+    from tqdm import tqdm
+
+    written = []
+    for rel in tqdm(list(iter_videos(src_dir, (".pt",))), desc="convert .pt", unit="file"):
+        tok = load_feature_cache(os.path.join(src_dir, rel))
+        dst = cache_path(rel, out, fmt)
+        save_feature_cache(dst, tok, out_dtype or str(tok.dtype))
+        written.append(dst)
+    return written
+
+
+def _define_flags() -> dict:
+    # Defined only when run as a script, so importing this module (tests, other launchers) never
+    # registers duplicate absl flags.
+    return dict(
+        config=config_flags.DEFINE_config_file("config", "configs/cut3r_512_dpt.py", "CUT3R extraction config"),
+        videos=flags.DEFINE_string("videos", None, "directory of videos (searched recursively)"),
+        out=flags.DEFINE_string("out", None, "output directory for the per-video token files"),
+        convert_pt=flags.DEFINE_string("convert_pt", None, "convert an existing official spatial_features/*.pt dir"),
+        limit=flags.DEFINE_integer("limit", 0, "process at most this many videos (0 = all)"),
+        overwrite=flags.DEFINE_bool("overwrite", False, "recompute files that already exist"),
+    )
+
+
+def main(argv: list[str], f: dict) -> None:
+    del argv
+    if not f["out"].value:
+        raise app.UsageError("--out is required")
+    if f["convert_pt"].value:
+        convert_pt_cache(f["convert_pt"].value, f["out"].value, f["config"].value.extract.format)
+        return
+    if not f["videos"].value:
+        raise app.UsageError("--videos (or --convert_pt) is required")
+    extract(f["config"].value, f["videos"].value, f["out"].value, f["limit"].value, f["overwrite"].value)
+
+
+if __name__ == "__main__":
+    _flags = _define_flags()
+    app.run(lambda argv: main(argv, _flags))
