@@ -78,3 +78,15 @@ def test_bad_inputs(golden):
         model.logits(ids, (frames * 100).astype(np.uint8))
     with pytest.raises(FileNotFoundError, match="video not found"):
         model.answer("/nonexistent/video.mp4", "q")
+
+
+def test_videos_in_a_batch_do_not_share_cut3r_state(golden):
+    """The reference needs per-device batch 1 to keep CUT3R state per video; we batch videos."""
+    model, _, _, frames = golden
+    m = model.model
+    x = jnp.asarray(frames)  # [1, 4, 384, 384, 3]
+    other = x[:, ::-1] * 0.5  # a different video
+    both = np.asarray(m.geometry_tokens(jnp.concatenate([other, x], axis=0)))
+    alone = np.asarray(m.geometry_tokens(x))
+    np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
+    assert np.max(np.abs(both[0] - both[1])) > 1e-2
