@@ -226,14 +226,17 @@ class AotResult:
         lines = [
             f"topology {self.topology}: {self.num_devices} devices, mesh {self.mesh_shape}",
             f"params: {self.trainable_params / 1e6:.2f} M trainable, {self.frozen_params / 1e9:.3f} B frozen",
-            f"per-device memory (compiled.memory_analysis): arguments {m['argument_bytes'] / GiB:.2f} GiB, "
-            f"outputs {m['output_bytes'] / GiB:.2f} GiB, aliased {m['alias_bytes'] / GiB:.2f} GiB, "
-            f"temporaries {m['temp_bytes'] / GiB:.2f} GiB, code {m['code_bytes'] / GiB:.3f} GiB",
-            f"per-device total {m['total_bytes'] / GiB:.2f} GiB"
+            f"per-device memory (compiled.memory_analysis): arguments {_fmt(m['argument_bytes'])}, "
+            f"outputs {_fmt(m['output_bytes'])}, aliased {_fmt(m['alias_bytes'])}, "
+            f"temporaries {_fmt(m['temp_bytes'])}, code {_fmt(m['code_bytes'])}",
+            f"per-device total {_fmt(m['total_bytes'])}"
             + (f" of {self.hbm_bytes / GiB:.0f} GiB HBM ({100 * m['total_bytes'] / self.hbm_bytes:.0f}%)"
                if self.hbm_bytes else ""),
             f"lower {self.lower_s:.1f} s, compile {self.compile_s:.1f} s",
         ]
+        if self.flops_per_step:
+            lines.append(f"model FLOPs per step {self.flops_per_step:.3e} "
+                         f"({self.flops_per_step / self.num_devices:.3e} per device)")
         if self.hbm_bytes and m["total_bytes"] > self.hbm_bytes:
             lines.append("WARNING: does not fit in HBM; shard more (mesh.shape), shorten data.seq_len or "
                          "lower data.global_batch / raise train.grad_accum_steps")
@@ -244,6 +247,10 @@ class AotResult:
                 "memory_bytes": self.memory, "hbm_bytes": self.hbm_bytes,
                 "trainable_params": self.trainable_params, "frozen_params": self.frozen_params,
                 "flops_per_step": self.flops_per_step, "lower_s": self.lower_s, "compile_s": self.compile_s}
+
+
+def _fmt(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= 0.1 * GiB else f"{n / 2**20:.2f} MiB"
 
 
 def memory_summary(compiled: Any) -> dict[str, float]:
