@@ -39,6 +39,12 @@ def main(argv: list[str]) -> int:
 
     try:
         res = aot.compile_train_step(_CONFIG.value, _TOPOLOGY.value)
+    except aot.AotOutOfMemoryError as e:
+        print(f"aot_compile: DOES NOT FIT: {e}", file=sys.stderr)
+        if _JSON.value:
+            with open(_JSON.value, "w", encoding="utf-8") as f:
+                json.dump({"topology": _TOPOLOGY.value, "fits": False, "error": str(e)}, f, indent=1)
+        return 0 if _ALLOW_OOM.value else 1
     except (ValueError, RuntimeError) as e:
         print(f"aot_compile: {e}", file=sys.stderr)
         return 2

@@ -202,6 +202,10 @@ def build_qwen2_lora(cfg: ml_collections.ConfigDict) -> ModelSpec:
     return ModelSpec(factory, loss_fn, batch, qwen2_train_flops_per_token(mc, t))
 
 
+class AotOutOfMemoryError(RuntimeError):
+    """The compiler itself rejected the step for exceeding the device memory."""
+
+
 # --- compile ---------------------------------------------------------------------------------
 @dataclasses.dataclass
 class AotResult:
@@ -317,7 +321,16 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
         lowered = step.lower(_with_sharding(state, state_sh), _with_sharding(frozen, frozen_sh),
                              _with_sharding(batch, batch_sh))
         t1 = time.perf_counter()
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except Exception as e:  # the TPU compiler refuses programs that exceed HBM
+            if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
+                raise AotOutOfMemoryError(
+                    f"{topology} (mesh {dict(mesh.shape)}): the train step does not fit in HBM: {e}. Shard more "
+                    "(mesh.shape), shorten data.seq_len, lower data.global_batch / raise "
+                    "train.grad_accum_steps, or rematerialize layers."
+                ) from e
+            raise
         t2 = time.perf_counter()
     hbm = TPU_TOPOLOGIES[topology].hbm_gib * GiB if topology in TPU_TOPOLOGIES else None
     tokens = float(np.prod(next(iter(spec.batch.values())).shape[:2]))
