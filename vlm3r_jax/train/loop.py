@@ -25,6 +25,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from vlm3r_jax import sharding
+from vlm3r_jax.train import distributed
 from vlm3r_jax.train.checkpoint import Checkpointer, PreemptionGuard, abstract_like
 from vlm3r_jax.train.metrics import create_writer
 from vlm3r_jax.train.optimizer import make_optimizer
@@ -61,6 +62,16 @@ def _to_micro(batch: dict, accum: int) -> dict:
     return {k: one(v) for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
 
 
+class _NullWriter:
+    """Metrics sink of the non-lead processes (process 0 writes for all)."""
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _replicate_unplaced(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Scalars such as the step, RNG and optimizer counts are created on one device; the jitted
     step runs on the whole mesh, so replicate every array that is not already mesh-sharded."""
@@ -68,7 +79,7 @@ def _replicate_unplaced(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
     def one(x):
         if isinstance(x, jax.Array) and not isinstance(x.sharding, jax.sharding.NamedSharding):
-            return jax.device_put(x, replicated)
+            return distributed.put(x, replicated)
         return x
 
     return jax.tree_util.tree_map(one, tree)
@@ -90,8 +101,11 @@ def train(
 
     ``cfg.train``: steps, grad_accum_steps, trainable (regexes), save_every, keep, log_every,
     eval_every, seed; ``cfg.optim``: see :func:`make_optimizer`; ``cfg.mesh``: shape, rules.
-    ``data_iter`` yields dicts of host arrays with a leading global-batch axis; if it supports
-    Grain checkpointing its position is saved with the state.
+    ``data_iter`` yields dicts of host arrays with a leading batch axis; if it supports Grain
+    checkpointing its position is saved with the state. With several JAX processes (see
+    :mod:`vlm3r_jax.train.distributed`) every process runs this function with its own iterator
+    yielding its local rows; the global batch is assembled across processes, every process
+    takes part in checkpointing (Grain state is saved per process) and process 0 writes metrics.
     """
     tc = cfg.train
     os.makedirs(workdir, exist_ok=True)
@@ -99,8 +113,8 @@ def train(
     rules = sharding.rules_from_config(cfg.mesh.get("rules"))
     model.train()
     graphdef, params, frozen = split_trainable(model, list(tc.trainable), include_lora=tc.get("train_lora", True))
-    params = sharding.shard_state(params, mesh, rules)
-    frozen = sharding.shard_state(frozen, mesh, rules)
+    params = distributed.shard_state(params, mesh, rules)
+    frozen = distributed.shard_state(frozen, mesh, rules)
     tx, schedule = make_optimizer(cfg.optim, tc.steps)
     state = _replicate_unplaced(TrainState.create(params, tx, seed=tc.get("seed", 0)), mesh)
 
@@ -111,24 +125,26 @@ def train(
     if ckpt.latest_step() is not None:
         state = ckpt.restore(abstract_like(state), data_iter if saves_iter else None)
         start = int(state.step)
-        tqdm.write(f"resumed from {ckpt.directory} at step {start}", file=sys.stderr)
+        if distributed.is_lead_process():
+            tqdm.write(f"resumed from {ckpt.directory} at step {start}", file=sys.stderr)
 
     accum = int(tc.get("grad_accum_steps", 1))
     step_fn = jax.jit(make_train_step(graphdef, tx, loss_fn, schedule), donate_argnums=0)
-    writer = create_writer(workdir, tensorboard=tc.get("tensorboard", True))
+    lead = distributed.is_lead_process()
+    writer = create_writer(workdir, tensorboard=tc.get("tensorboard", True)) if lead else _NullWriter()
     guard = PreemptionGuard()
     history: list[dict] = []
     preempted = False
-    bar = tqdm(total=tc.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=start, desc="train", disable=not (progress and lead), dynamic_ncols=True)
     try:
         with sharding.use_mesh(mesh, rules):
             for step in range(start, tc.steps):
                 t0 = time.perf_counter()
                 host = next(data_iter)
-                batch = sharding.shard_batch(_to_micro(host, accum), mesh, rules, batch_axis=1)
+                batch = distributed.global_batch(_to_micro(host, accum), mesh, rules, batch_axis=1)
                 t1 = time.perf_counter()
                 state, metrics = step_fn(state, frozen, batch)
-                loss = float(metrics["loss"])  # also the sync point that makes the timing honest
+                loss = float(distributed.to_host(metrics["loss"]))  # also the sync point that makes the timing honest
                 t2 = time.perf_counter()
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
@@ -136,11 +152,11 @@ def train(
                         f"(step {ckpt.latest_step()}) is in {ckpt.directory}. Lower optim.lr, raise "
                         "optim.warmup_ratio or check the data around this step."
                     )
-                row = {k: float(np.asarray(v)) for k, v in metrics.items()}
+                row = {k: float(distributed.to_host(v)) for k, v in metrics.items()}
                 row.update(step_time=t2 - t0, data_wait=t1 - t0, compute_time=t2 - t1)
                 row["tokens_per_s"] = row["tokens"] / max(t2 - t1, 1e-9)
                 if flops_per_token and peak_flops:
-                    seq_tokens = float(np.prod(np.asarray(host["attention_mask"]).shape)) \
+                    seq_tokens = float(np.prod(np.asarray(host["attention_mask"]).shape)) * jax.process_count() \
                         if "attention_mask" in host else row["tokens"]
                     row["mfu"] = flops_per_token * seq_tokens / max(t2 - t1, 1e-9) / peak_flops
                 history.append({"step": step + 1, **row})
@@ -148,14 +164,16 @@ def train(
                     writer.write_scalars(step + 1, row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
-                ckpt.save(step + 1, state, data_iter if saves_iter else None)
+                saved = ckpt.save(step + 1, state, data_iter if saves_iter else None)
                 if eval_hook is not None and tc.get("eval_every", 0) and (step + 1) % tc.eval_every == 0:
                     scores = eval_hook(step + 1, nnx.merge(graphdef, state.params, frozen))
                     if scores:
                         writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in scores.items()})
-                if guard.requested.is_set():
+                # All processes must agree to stop: the forced save below is a collective.
+                if distributed.any_process(guard.requested.is_set()):
                     log.warning("SIGTERM received: checkpointing step %d and exiting", step + 1)
-                    ckpt.save(step + 1, state, data_iter if saves_iter else None, force=True)
+                    if not saved:  # a second save of the same step raises StepAlreadyExistsError
+                        ckpt.save(step + 1, state, data_iter if saves_iter else None, force=True)
                     preempted = True
                     break
             else:
