@@ -34,6 +34,8 @@ EXTRAS = {
     "tfds": ["tensorflow-datasets>=4.9.6", "importlib_resources>=6"],
     # clu's TensorBoard writer needs TensorFlow; without it metrics go to console + metrics.jsonl.
     "tensorboard": ["tensorflow-cpu>=2.16"],
+    # AOT-compile for TPU topologies on a CPU host (launch/aot_compile.py); the version jax 0.10.2 pins.
+    "tpu-aot": ["libtpu==0.0.42.*"],
     "gpu": ["jax[cuda12]>=0.10.2"],
     "tpu": ["jax[tpu]>=0.10.2"],
 }

@@ -36,6 +36,10 @@ def main(argv: list[str]) -> None:
         print(__doc__, file=sys.stderr)
         raise app.UsageError("both --config and --workdir are required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from vlm3r_jax.train import distributed
+
+    # Must precede every other JAX call (multi-host: SLURM, TPU pods, explicit VLM3R_* env vars).
+    distributed.initialize_from_env()
     from vlm3r_jax.train import vlm3r_task
 
     result, out = vlm3r_task.run(config, workdir)
