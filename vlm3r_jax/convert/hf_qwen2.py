@@ -76,9 +76,22 @@ def hf_name_map(cfg: Qwen2Config) -> dict[str, tuple[str, bool]]:
     return out
 
 
-def load_mapping(cfg: Qwen2Config, prefix: str = "") -> dict[str, Src]:
-    """The :func:`load_state` mapping, with HF keys under ``prefix`` (e.g. ``"language_model."``)."""
-    return {ours: Src(prefix + key, transpose if t else (lambda x: x)) for ours, (key, t) in hf_name_map(cfg).items()}
+def load_mapping(cfg: Qwen2Config, prefix: str = "", truncate_vocab: bool = False) -> dict[str, Src]:
+    """The :func:`load_state` mapping, with HF keys under ``prefix`` (e.g. ``"language_model."``).
+
+    ``truncate_vocab`` keeps only the first ``cfg.vocab_size`` rows of the embedding and LM head
+    (HF ``resize_token_embeddings`` shrinking the vocab)."""
+    mapping = {
+        ours: Src(prefix + key, transpose if t else (lambda x: x)) for ours, (key, t) in hf_name_map(cfg).items()
+    }
+    if truncate_vocab:
+        n = cfg.vocab_size
+        for path in ("embed.embedding", "lm_head.kernel"):
+            if path in mapping:
+                key, fn = mapping[path].keys, mapping[path].fn
+                # rows are the vocab in the torch layout [vocab, D], before the transpose
+                mapping[path] = Src(key, lambda x, fn=fn: fn(x[:n]))
+    return mapping
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
@@ -153,14 +166,7 @@ def load_qwen2_state(
         ignore.append(r"lm_head\.weight")
     # Older exports carry non-persistent rotary buffers; they are recomputed here.
     ignore.append(r".*rotary_emb\.inv_freq")
-    mapping = load_mapping(cfg)
-    if truncate_vocab:
-        n = cfg.vocab_size
-        for path in ("embed.embedding", "lm_head.kernel"):
-            if path in mapping:
-                key, fn = mapping[path].keys, mapping[path].fn
-                # rows are the vocab in the torch layout [vocab, D], before the transpose
-                mapping[path] = Src(key, lambda x, fn=fn: fn(x[:n]))
+    mapping = load_mapping(cfg, truncate_vocab=truncate_vocab)
     return load_state(
         state,
         source,

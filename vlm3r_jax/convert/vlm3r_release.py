@@ -6,11 +6,21 @@ leading ``base_model.``; if keys then start with ``model.model.``, strip one mor
 
 from __future__ import annotations
 
+import glob
+import json
+import os
+import re
 from collections.abc import Iterable
+from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from vlm3r_jax.convert.assign import Src, transpose
+from vlm3r_jax.convert.assign import Src, load_state, transpose
+from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.safetensors_io import SafetensorsDir
+from vlm3r_jax.convert.sources import DictSource, TensorSource
 
 
 def strip_non_lora_prefixes(keys: Iterable[str]) -> dict[str, str]:
@@ -50,20 +60,6 @@ def fusion_mapping(prefix: str = "model.fusion_block.", ours: str = "") -> dict[
 
 
 # --- the whole released layout ---------------------------------------------------------------
-import glob  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-from typing import Any  # noqa: E402
-
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from vlm3r_jax.convert.assign import load_state  # noqa: E402
-from vlm3r_jax.convert.errors import CheckpointError  # noqa: E402
-from vlm3r_jax.convert.safetensors_io import SafetensorsDir  # noqa: E402
-from vlm3r_jax.convert.sources import DictSource, PrefixSource, TensorSource  # noqa: E402
-
 SIGLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
 # Known SigLIP towers by width when no config can be found (heads cannot be read off shapes).
 _KNOWN_SIGLIP = {1152: dict(num_attention_heads=16, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")}
@@ -150,13 +146,6 @@ def _count_layers(keys, prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def _vocab_rows(n: int, axis: int):
-    """Keep the first ``n`` vocabulary rows (``resize_token_embeddings(len(tokenizer))``)."""
-    def fn(x):
-        return x[:n] if axis == 0 else x[:, :n]
-    return fn
-
-
 def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | None, *, dtype: str = "float32",
                          vision_config: str | dict | None = None, keep_lora: bool = False,
                          attention_impl: str = "auto") -> tuple[Any, dict]:
@@ -231,30 +220,26 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
 
 
 def _llm_mapping(cfg, lora_src: TensorSource | None, scale: float, keep_lora: bool) -> dict[str, Src]:
-    from vlm3r_jax.convert.hf_qwen2 import hf_name_map
+    """hf_qwen2's mapping (vocab cut to ``len(tokenizer)``) with the PEFT adapters layered on:
+    merged into the kernels (``merge_and_unload``) or mapped onto attached LoRA modules."""
+    from vlm3r_jax.convert.hf_qwen2 import hf_name_map, load_mapping
 
-    vocab = cfg.vocab_size
-    m: dict[str, Src] = {}
+    m = load_mapping(cfg, truncate_vocab=True)
+    if lora_src is None:
+        return m
+    lora_keys = set(lora_src.keys())
     for ours, (key, t) in hf_name_map(cfg).items():
-        fn = transpose if t else (lambda x: x)
-        if ours == "embed.embedding":
-            m[ours] = Src(key, _vocab_rows(vocab, 0))
+        if not t or not key.endswith(".weight"):
             continue
-        if ours == "lm_head.kernel":
-            m[ours] = Src(key, lambda w, n=vocab: np.swapaxes(w[:n], 0, 1))
-            continue
-        m[ours] = Src(key, fn)
-        if lora_src is None or not key.endswith(".weight") or not t:
-            continue
-        a_key = "base_model.model." + key[: -len(".weight")] + ".lora_A.weight"
-        b_key = "base_model.model." + key[: -len(".weight")] + ".lora_B.weight"
-        if a_key not in lora_src.keys():
+        module = "base_model.model." + key[: -len(".weight")]
+        a_key, b_key = module + ".lora_A.weight", module + ".lora_B.weight"
+        if a_key not in lora_keys:
             continue
         mod = ours[: -len(".kernel")]
         if keep_lora:
             m[f"{mod}.lora.lora_a"] = Src("lora:" + a_key, transpose)
             m[f"{mod}.lora.lora_b"] = Src("lora:" + b_key, transpose)
-        else:  # merge_and_unload: W + scale * B @ A, stored transposed as [in, out]
+        else:  # W + scale * B @ A, stored transposed as [in, out]
             m[ours] = Src((key, "lora:" + a_key, "lora:" + b_key),
                           lambda w, a, b, s=scale: np.swapaxes(
                               w.astype(np.float32) + s * (b.astype(np.float32) @ a.astype(np.float32)), 0, 1))
@@ -302,7 +287,8 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
     Returns ``(config, model, info)``.
     """
     from vlm3r_jax.convert import cut3r_ckpt
-    from vlm3r_jax.convert.hf_siglip import siglip_mapping
+    from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE
+    from vlm3r_jax.convert.hf_siglip import load_siglip_state
     from vlm3r_jax.models.projector import projector_mapping
     from vlm3r_jax.models.vlm3r import VLM3R
 
@@ -323,17 +309,11 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
             non_lora = DictSource({k: raw.get(v) for k, v in names.items()}, name=nl_path)
         elif cfg.geometry is not None:
             raise FileNotFoundError(f"{nl_path} is missing: it holds the trained fusion block and projector")
-    proj_src = DictSource({**{k: base.get(k) for k in base.keys() if k.startswith("model.mm_projector.")},
-                           "model.image_newline": base.get("model.image_newline")}
-                          if "model.image_newline" in base.keys() else
-                          {k: base.get(k) for k in base.keys() if k.startswith("model.mm_projector.")},
-                          name=base_dir)
-    proj_keys = {k: non_lora.get(k) for k in non_lora.keys() if k.startswith("model.mm_projector.")}
-    if proj_keys:
-        proj_src = DictSource({**{k: proj_src.get(k) for k in proj_src.keys()}, **proj_keys},
-                              name=f"{base_dir} + non_lora_trainables.bin")
-    state["mm_projector"] = load_state(state["mm_projector"], proj_src, projector_mapping(cfg.projector),
-                                       dtype=jdt, what="projector")
+    # the base's projector and newline, with the trained projector of non_lora_trainables.bin on top
+    proj = {k: base.get(k) for k in base.keys() if k.startswith("model.mm_projector.") or k == "model.image_newline"}
+    proj.update({k: non_lora.get(k) for k in non_lora.keys() if k.startswith("model.mm_projector.")})
+    state["mm_projector"] = load_state(state["mm_projector"], DictSource(proj, name=f"{base_dir} + {non_lora.where()}"),
+                                       projector_mapping(cfg.projector), dtype=jdt, what="projector")
     if cfg.geometry is not None:
         fusion_src = DictSource({k: non_lora.get(k) for k in non_lora.keys() if k.startswith("model.fusion_block.")},
                                 name=non_lora.where())
@@ -344,25 +324,20 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
                                             cut3r_ckpt.name_map(state["spatial_tower"], set(geo_src.keys())),
                                             ignore=cut3r_ckpt.IGNORED_SOURCE_KEYS, dtype=jdt,
                                             what="CUT3R checkpoint")
-    vis_src = PrefixSource(base, SIGLIP_PREFIX)
-    state["vision_tower"] = load_state(state["vision_tower"], vis_src, siglip_mapping(cfg.vision), dtype=jdt,
-                                       ignore=[r"post_layernorm\..*", r"head\..*", r"embeddings\.position_ids"],
-                                       what="SigLIP tower (base checkpoint)")
+    state["vision_tower"] = load_siglip_state(state["vision_tower"], base, cfg.vision, prefix=SIGLIP_PREFIX, dtype=jdt)
     parts: dict[str, TensorSource] = {"": base}
+    lora_src = None
     if info["lora"] is not None:
-        parts["lora:"] = _open_torch_or_safetensors(info["lora"]["path"])
-    llm_src = _UnionSource(parts)
+        lora_src = parts["lora:"] = _open_torch_or_safetensors(info["lora"]["path"])
     scale = info["lora"]["scale"] if info["lora"] else 1.0
+    llm_map = _llm_mapping(cfg.llm, lora_src, scale, keep_lora)
     state["llm"] = load_state(
-        state["llm"], llm_src, _llm_mapping(cfg.llm, parts.get("lora:"), scale, keep_lora),
-        ignore=[r"model\.vision_tower\..*", r"model\.mm_projector\..*", r"model\.image_newline",
-                r".*rotary_emb\.inv_freq", r"lora:.*"],
-        dtype=jdt, what="Qwen2 LLM (base + LoRA)")
-    lora_src = parts.get("lora:")
+        state["llm"], _UnionSource(parts), llm_map,
+        ignore=[*LLAVA_QWEN_IGNORE, r".*rotary_emb\.inv_freq", r"lora:.*"], dtype=jdt,
+        what="Qwen2 LLM (base + LoRA)")
     if lora_src is not None:
         used = {k for k in lora_src.keys() if ".lora_A." in k or ".lora_B." in k}
-        mapped = {k.split(":", 1)[1] for src in _llm_mapping(cfg.llm, lora_src, scale, keep_lora).values()
-                  for k in src.key_tuple if k.startswith("lora:")}
+        mapped = {k.split(":", 1)[1] for src in llm_map.values() for k in src.key_tuple if k.startswith("lora:")}
         stray = sorted(used - mapped)
         if stray:
             raise CheckpointError(f"{lora_src.where()}: LoRA tensors for modules the model lacks: {stray[:10]}")
