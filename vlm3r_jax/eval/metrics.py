@@ -21,7 +21,7 @@ identical in VLM-3R's ``vstibench/utils.py``); the code here is our own:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -116,3 +116,22 @@ def group_means(pairs: Iterable[tuple[str, float]]) -> tuple[dict[str, float], d
     for key, value in pairs:
         buckets.setdefault(key, []).append(float(value))
     return {k: mean(v) for k, v in buckets.items()}, {k: len(v) for k, v in buckets.items()}
+
+
+def required_field(sample: Mapping[str, Any], key: str, index: int, benchmark: str, needs: str) -> Any:
+    """``sample[key]``, or a ValueError naming the sample and the fields a sample needs."""
+    if key not in sample:
+        raise ValueError(
+            f"{benchmark} sample #{index} (id={sample.get('id')!r}) has no {key!r} field; each sample needs {needs}"
+        )
+    return sample[key]
+
+
+def score_prediction(prediction: str | None, answer: Any, multiple_choice: bool, zero_target: str,
+                     sample_id: Any) -> dict[str, Any]:
+    """One sample by the official rules: MC letter match or numeric MRA. A missing/None
+    prediction (a failed sample) scores 0."""
+    prediction = "" if prediction is None else prediction
+    if multiple_choice:
+        return score_multiple_choice(prediction, answer)
+    return score_numeric(prediction, answer, zero_target, sample_id)

@@ -19,13 +19,11 @@ BENCHMARK = "vsibench"
 TASKS = tasks.VSI_TASKS
 
 
+NEEDS = "question_type, ground_truth and prediction"
+
+
 def _field(sample: Mapping[str, Any], key: str, index: int) -> Any:
-    if key not in sample:
-        raise ValueError(
-            f"{BENCHMARK} sample #{index} (id={sample.get('id')!r}) has no {key!r} field; each sample needs "
-            "question_type, ground_truth and prediction"
-        )
-    return sample[key]
+    return metrics.required_field(sample, key, index, BENCHMARK, NEEDS)
 
 
 def answer_of(sample: Mapping[str, Any], index: int = 0) -> Any:
@@ -38,11 +36,8 @@ def score_sample(sample: Mapping[str, Any], zero_target: str = "raise", index: i
     "parsable"}``. A missing/None prediction (a failed sample) scores 0."""
     qt = _field(sample, "question_type", index)
     prediction = _field(sample, "prediction", index)
-    prediction = "" if prediction is None else prediction
-    if tasks.is_multiple_choice(qt, BENCHMARK):
-        out = metrics.score_multiple_choice(prediction, answer_of(sample, index))
-    else:
-        out = metrics.score_numeric(prediction, answer_of(sample, index), zero_target, sample.get("id", index))
+    out = metrics.score_prediction(prediction, answer_of(sample, index), tasks.is_multiple_choice(qt, BENCHMARK),
+                                   zero_target, sample.get("id", index))
     out.update(question_type=qt, task=tasks.task_of(qt, BENCHMARK))
     return out
 
