@@ -15,36 +15,30 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import demo_tiny
+from configs import demo_tiny, vlm3r_tiny
 from configs.common import dtype_config, mesh_config
 
 
 def model_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
+    """The tiny model's structure (configs/vlm3r_tiny.py) with the released sizes."""
+    m = vlm3r_tiny.model_config()
     m.init = "release"
-    m.release_lora = ""
-    m.release_base = ""
-    m.release_geometry = ""
-    m.seed = 0
-    m.llm = ml_collections.ConfigDict(dict(
+    m.llm.update(dict(
         hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, intermediate_size=18944,
-        rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=32768,
-        attention_impl="auto"))
-    m.vision = ml_collections.ConfigDict(dict(
+        max_position_embeddings=32768, attention_impl="auto"))
+    m.vision.update(dict(
         image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-        num_layers_used=26, num_attention_heads=16, use_post_layernorm=False, use_head=False))
+        num_attention_heads=16))
+    m.vision.num_layers_used = 26
+    # CUT3R's reference DPT sizes are Cut3rConfig's defaults; the tiny overrides are dropped.
     m.geometry = ml_collections.ConfigDict(dict(
         patch_size=16, enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12,
         dec_num_heads=12, state_size=768, state_dec_num_heads=16, local_mem_size=256, ray_enc_depth=2,
         rope_fp16_rounding=True))
     m.geometry_image_size = (432, 432)
-    m.projector = ml_collections.ConfigDict(dict(
-        projector_type="mlp2x_gelu", pool_mode="bilinear", pool_stride=2, patch_merge_type="spatial_unpad",
-        newline_position="grid"))
-    m.fusion = ml_collections.ConfigDict(dict(num_heads=18, dropout=0.1))
-    m.spatial_select = "all"
+    m.fusion.num_heads = 18
     m.model_max_length = 32768
-    m.lora = ml_collections.ConfigDict(dict(enabled=True, rank=128, alpha=256.0, dropout=0.05))
+    m.lora.update(dict(enabled=True, rank=128, alpha=256.0, dropout=0.05))
     return m
 
 

@@ -9,7 +9,6 @@ once, then the shared KV-cache sampler of :mod:`vlm3r_jax.infer.sampling`), and 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -216,8 +215,3 @@ class VLM3RModel:
         frames = np.stack([self.prepare_video(v, num_frames) for v in videos])
         toks = self.generate(ids, frames, attention_mask=mask, max_new_tokens=max_new_tokens)
         return [self.tokenizer.decode([int(x) for x in row], skip_special_tokens=True).strip() for row in toks]
-
-    def describe(self) -> str:
-        c = self.cfg
-        return json.dumps({"llm_layers": c.llm.num_layers, "hidden": c.llm.hidden_size, "vocab": c.llm.vocab_size,
-                           "siglip_layers": c.vision.layers, "geometry": c.geometry is not None})
