@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs.common import mesh_config
 from vlm3r_jax.eval import prompts
 
 
@@ -34,7 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_frames = 32
     c.max_new_tokens = 16
     c.temperature = 0.0  # only greedy decoding is supported by the eval
-    c.batch_size = 8
+    c.batch_size = 8  # records per device batch (rounded up to the mesh's data-parallel size)
+    c.length_buckets = (128, 256, 512, 1024)  # prompt lengths the jitted decoder is compiled for
+    c.worker_count = 2  # Grain worker processes for video decode + tokenization (0: in-process)
+    c.mesh = mesh_config()  # mesh.shape (data=-1: every device on data) and logical rules
 
     # Prompts (official defaults; an empty string means the default, as upstream).
     c.pre_prompt = prompts.PRE_PROMPT

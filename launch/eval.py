@@ -30,9 +30,15 @@ def _define_flags() -> None:
 
 
 def make_model_predictor(cfg: Any) -> runner.PredictFn:
-    """predict_fn over ``vlm3r_jax.api.load_vlm3r(cfg.checkpoint)``: ``model.answer(video,
-    question, max_new_tokens)`` per record, or ``model.answer_batch(videos, questions, ...)`` when
-    the model offers it. ``num_frames`` is passed where the signature accepts it."""
+    """predict_fn over ``vlm3r_jax.api.load_vlm3r(cfg.checkpoint)``.
+
+    A loaded :class:`~vlm3r_jax.infer.vlm3r_model.VLM3RModel` runs as a
+    :class:`~vlm3r_jax.eval.sharded.ShardedVLM3RPredictor`: its ``prepare`` (video decode + views
+    + prompt tokens, the Grain pipeline's eval transform) runs in ``cfg.worker_count`` Grain
+    workers, and each batch is padded to a multiple of the mesh's data-parallel size
+    (``cfg.mesh.shape``) and decoded with params sharded by ``cfg.mesh.rules``. Any other model
+    object gets ``model.answer_batch(videos, questions, ...)`` or ``model.answer(...)`` per record;
+    ``num_frames`` is passed where the signature accepts it."""
     from vlm3r_jax import api
 
     if cfg.temperature != 0.0:
@@ -41,6 +47,25 @@ def make_model_predictor(cfg: Any) -> runner.PredictFn:
         )
     kwargs = {"dtype": cfg.dtype} if cfg.dtype else {}
     model = api.load_vlm3r(cfg.checkpoint, base=cfg.base or None, geometry=cfg.geometry or None, **kwargs)
+    name = "VLM-3R (ours, text only)" if cfg.text_only else "VLM-3R (ours)"
+    from vlm3r_jax.infer.vlm3r_model import VLM3RModel
+
+    if isinstance(model, VLM3RModel):
+        from vlm3r_jax import sharding
+        from vlm3r_jax.eval.sharded import ShardedVLM3RPredictor
+
+        mesh = sharding.make_mesh(dict(cfg.mesh.shape))
+        return ShardedVLM3RPredictor(
+            model,
+            batch_size=cfg.batch_size,
+            mesh=mesh,
+            rules=sharding.rules_from_config(cfg.mesh.rules),
+            num_frames=cfg.num_frames,
+            max_new_tokens=cfg.max_new_tokens,
+            text_only=cfg.text_only,
+            length_buckets=tuple(cfg.length_buckets),
+            name=name,
+        )
     batched = getattr(model, "answer_batch", None)
     fn = batched or model.answer
     extra = {"num_frames": cfg.num_frames} if "num_frames" in inspect.signature(fn).parameters else {}
@@ -51,7 +76,7 @@ def make_model_predictor(cfg: Any) -> runner.PredictFn:
             return list(batched(videos, [r["prompt"] for r in batch], max_new_tokens=cfg.max_new_tokens, **extra))
         return [model.answer(v, r["prompt"], max_new_tokens=cfg.max_new_tokens, **extra) for v, r in zip(videos, batch)]
 
-    predict.name = "VLM-3R (ours, text only)" if cfg.text_only else "VLM-3R (ours)"  # type: ignore[attr-defined]
+    predict.name = name  # type: ignore[attr-defined]
     predict.uses_jax = True  # type: ignore[attr-defined]
     return predict
 
@@ -77,6 +102,9 @@ def run(cfg: Any, workdir: str) -> dict | None:
     """The launcher body (also called by tests)."""
     if not cfg.data_root:
         raise ValueError("set --config.data_root to the benchmark directory")
+    # The benchmark's Grain source (records parsed lazily from line offsets), read once here: the
+    # runner needs every id for resuming and the final table; the per-record work (prompt, video
+    # check, decode + tokenization for a model) streams through a Grain dataset in the runner.
     recs = records_lib.load_records(cfg.data_root, cfg.benchmark, cfg.records or None, cfg.limit)
     predict_fn, check_videos = make_predictor(cfg, recs)
     writer = True
@@ -103,6 +131,8 @@ def run(cfg: Any, workdir: str) -> dict | None:
         retry_failed=cfg.retry_failed,
         progress=cfg.progress and writer,
         writer=writer,
+        # workers only pay off for a predictor with per-record host work (decode + tokenize)
+        worker_count=cfg.get("worker_count", 0) if getattr(predict_fn, "prepare", None) else 0,
     )
 
 

@@ -9,6 +9,11 @@ Records files: ``.jsonl``, ``.json`` (a list, or a dict holding one under ``data
 ``.parquet`` (needs pyarrow). A record that cannot be scored as given (bad JSON line, unknown
 question_type, missing field) is NOT dropped: it comes back with ``_malformed`` set to the reason,
 and the runner counts it as a failure.
+
+:class:`BenchmarkRecords` is the Grain random-access source (``__len__`` + ``__getitem__``) of a
+benchmark directory: JSONL files are indexed by line offsets with the reader of the training
+sources (:mod:`data_pipeline.sources`), so a record is parsed only when it is read (also inside
+Grain worker processes). :func:`load_records` is the list of all its records.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from data_pipeline.sources import _JsonRecords
 from vlm3r_jax.eval import tasks
 
 RECORD_FILE_CANDIDATES = ("test.jsonl", "test.json", "{benchmark}.jsonl", "{benchmark}.json", "test*.parquet")
@@ -119,21 +125,64 @@ def normalize(raw: Mapping[str, Any], index: int, root: str, benchmark: str) -> 
     return rec
 
 
+class BenchmarkRecords:
+    """Grain random-access source of the normalized records of a benchmark directory
+    (``grain.MapDataset.source(BenchmarkRecords(root))``). Item ``i`` is :func:`normalize` of the
+    ``i``-th non-blank record of the records file; an undecodable JSONL line (bad JSON or non-UTF-8
+    bytes) is an item with ``_malformed`` naming the file and line. ``limit`` > 0 keeps the first
+    ``limit`` records. Picklable (Grain workers re-open the file)."""
+
+    def __init__(self, root: str, benchmark: str = "vsibench", records_file: str | None = None, limit: int = 0):
+        self.benchmark = tasks.check_benchmark(benchmark)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"benchmark directory {root!r} does not exist (config.data_root)")
+        path = records_file or find_records_file(root, benchmark)
+        if not os.path.isabs(path) and not os.path.exists(path):
+            path = os.path.join(root, path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"records file {path!r} does not exist (config.records)")
+        self.root, self.path = root, path
+        self._lines: _JsonRecords | None = None
+        self._items: list[dict[str, Any]] | None = None
+        if path.endswith(".jsonl"):
+            self._lines = _JsonRecords(path)  # byte offsets only; lines are parsed on access
+            n = len(self._lines)
+        else:  # a JSON list/dict or parquet is read whole anyway
+            self._items = read_records_file(path)
+            n = len(self._items)
+        self._n = min(n, limit) if limit > 0 else n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """The record as stored (or a ``_malformed`` stub for an undecodable line)."""
+        if not 0 <= index < self._n:
+            raise IndexError(f"record {index} out of range 0..{self._n - 1} of {self.path}")
+        if self._items is not None:
+            return self._items[index]
+        item, line, err = self._lines.get(index)
+        name = os.path.basename(self.path)
+        if err == "bad_json":
+            return {"_malformed": f"{name} line {line}: invalid JSON ({item})"}
+        if err is not None:
+            return {"_malformed": f"{name} line {line}: {err} ({item})"}
+        return item if isinstance(item, dict) else {"_malformed": f"{name} line {line}: not a JSON object"}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        return normalize(self.raw(index), index, self.root, self.benchmark)
+
+
 def load_records(
     root: str, benchmark: str = "vsibench", records_file: str | None = None, limit: int = 0
 ) -> list[dict[str, Any]]:
-    """Normalized records of a benchmark directory (see the module docstring). ``limit`` > 0 keeps
-    the first ``limit`` records (debug runs). Raises ValueError on duplicate ids: resuming keys on them."""
-    tasks.check_benchmark(benchmark)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"benchmark directory {root!r} does not exist (config.data_root)")
-    path = records_file or find_records_file(root, benchmark)
-    if not os.path.isabs(path) and not os.path.exists(path):
-        path = os.path.join(root, path)
-    raw = read_records_file(path)
-    if limit > 0:
-        raw = raw[:limit]
-    recs = [normalize(r, i, root, benchmark) for i, r in enumerate(raw)]
+    """Normalized records of a benchmark directory (all items of :class:`BenchmarkRecords`).
+    ``limit`` > 0 keeps the first ``limit`` records (debug runs). Raises ValueError on duplicate
+    ids: resuming keys on them."""
+    source = BenchmarkRecords(root, benchmark, records_file, limit)
+    path = source.path
+    recs = [source[i] for i in range(len(source))]
     seen: dict[str, int] = {}
     for i, r in enumerate(recs):
         if r["id"] in seen:

@@ -234,6 +234,106 @@ def _check_zero_targets(records: Sequence[Mapping[str, Any]], benchmark: str) ->
         )
 
 
+class _Pending:
+    """Whether a record still needs an answer, given the lines already in samples.jsonl
+    (picklable: it runs as a Grain filter, possibly in worker processes)."""
+
+    def __init__(self, done: Mapping[str, Mapping[str, Any]], retry_failed: bool):
+        self.status = {rid: line.get("status") for rid, line in done.items()}
+        self.retry_failed = retry_failed
+
+    def __call__(self, rec: Mapping[str, Any]) -> bool:
+        rid = str(rec["id"])
+        if rid not in self.status:
+            return True
+        prev = self.status[rid]
+        if prev == "malformed" and not rec.get("_malformed"):
+            return True  # the record was fixed since: answer it now
+        return self.retry_failed and prev == "failed"
+
+
+class _PrepareItem:
+    """record -> ``{"record", "status" (ready|failed|malformed), "error"}``: the official prompt,
+    the video check and the predictor's own ``prepare`` (picklable; runs in Grain workers)."""
+
+    def __init__(
+        self,
+        benchmark: str,
+        check_videos: str,
+        prompt_kwargs: Mapping[str, str] | None,
+        prepare: Callable[[dict[str, Any]], dict[str, Any]] | None,
+    ):
+        self.benchmark, self.check_videos = benchmark, check_videos
+        self.prompt_kwargs = dict(prompt_kwargs or {})
+        self.prepare = prepare
+
+    def __call__(self, rec: Mapping[str, Any]) -> dict[str, Any]:
+        rec = dict(rec)
+        if rec.get("_malformed"):
+            return {"record": rec, "status": "malformed", "error": rec["_malformed"]}
+        why = check_video(rec.get("video_path"), self.check_videos)
+        if why:
+            return {"record": rec, "status": "failed", "error": why}
+        rec["prompt"] = prompts.build_question(rec, self.benchmark, **self.prompt_kwargs)
+        if self.prepare is not None:
+            try:
+                rec = self.prepare(rec)
+            except Exception as e:  # an undecodable video fails its sample only
+                return {"record": rec, "status": "failed", "error": f"prepare error: {type(e).__name__}: {e}"}
+        return {"record": rec, "status": "ready", "error": None}
+
+
+def eval_dataset(
+    records: Sequence[Mapping[str, Any]],
+    benchmark: str = "vsibench",
+    done: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    retry_failed: bool = False,
+    check_videos: str = "exists",
+    prompt_kwargs: Mapping[str, str] | None = None,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Any:
+    """The eval stream as a ``grain.MapDataset`` over ``records`` (any random-access source, e.g.
+    :class:`vlm3r_jax.eval.records.BenchmarkRecords` or a list), in record order: ids finished in
+    ``done`` (the lines of samples.jsonl) are filtered out, then each item is
+    ``{"record", "status", "error"}`` (see :class:`_PrepareItem`).
+
+    The resume position is therefore the JSONL itself: restarting after a crash yields exactly
+    the records without a line, in the same order as the uninterrupted stream's tail. (Grain's
+    own iterator state, ``get_state``/``set_state``, also works on it, but is not needed.)"""
+    import grain
+
+    if check_videos not in VIDEO_CHECKS:
+        raise ValueError(f"check_videos={check_videos!r}; expected one of {VIDEO_CHECKS}")
+    ds = grain.MapDataset.source(records)
+    if done:
+        ds = ds.filter(_Pending(done, retry_failed))
+    return ds.map(_PrepareItem(benchmark, check_videos, prompt_kwargs, prepare))
+
+
+def eval_iterator(
+    records: Sequence[Mapping[str, Any]],
+    benchmark: str = "vsibench",
+    done: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    worker_count: int = 0,
+    **kw: Any,
+) -> Any:
+    """Iterator over :func:`eval_dataset` (filtered items skipped), with ``worker_count`` Grain
+    worker processes when > 0 (order is kept)."""
+    import grain
+
+    it = eval_dataset(records, benchmark, done, **kw).to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+    )
+    if worker_count > 0:
+        from data_pipeline.pipeline import _ensure_absl_flags
+
+        _ensure_absl_flags()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2))
+    return iter(it)
+
+
 def run_eval(
     records: Sequence[Mapping[str, Any]],
     predict_fn: PredictFn,
@@ -253,6 +353,7 @@ def run_eval(
     fsync: bool = True,
     print_table: bool = True,
     writer: bool = True,
+    worker_count: int = 0,
 ) -> dict[str, Any] | None:
     """Runs ``predict_fn`` over ``records`` (normalized, see :func:`records.load_records`) in batches,
     resumably, and writes ``samples.jsonl``, ``scores.json``, ``table.md`` and ``chart.png`` under
@@ -264,6 +365,11 @@ def run_eval(
     Multi-host SPMD: call it on every process with the same records and a shared ``workdir`` and
     ``writer=(jax.process_index() == 0)``; all processes then run the same batches (the resume set
     is read before anything is written) and only the writer writes files (others return None).
+
+    The records are streamed through a Grain dataset (:func:`eval_dataset`): finished ids are
+    filtered out, prompts built, videos checked and, when ``predict_fn`` has a picklable
+    ``prepare(record) -> record`` attribute (video decode + tokenization of a model predictor),
+    that runs there too, in ``worker_count`` Grain worker processes when > 0.
     """
     tasks.check_benchmark(benchmark)
     if batch_size < 1:
@@ -279,21 +385,24 @@ def run_eval(
     samples_path = os.path.join(workdir, SAMPLES_FILE)
     done = read_samples(samples_path, repair=writer)  # only the writer may cut a torn line
 
-    def pending(rec: Mapping[str, Any]) -> bool:
-        prev = done.get(str(rec["id"]))
-        if prev is None:
-            return True
-        if prev.get("status") == "malformed" and not rec.get("_malformed"):
-            return True  # the record was fixed since: answer it now
-        return retry_failed and prev.get("status") == "failed"
-
-    todo = [r for r in records if pending(r)]
+    pending = _Pending(done, retry_failed)
+    todo = sum(1 for r in records if pending(r))
+    items = eval_iterator(
+        records,
+        benchmark,
+        done,
+        retry_failed=retry_failed,
+        check_videos=check_videos,
+        prompt_kwargs=prompt_kwargs,
+        prepare=getattr(predict_fn, "prepare", None),
+        worker_count=worker_count,
+    )
     appender = _Appender(samples_path, fsync=fsync) if writer else _NullAppender()
     from tqdm.auto import tqdm
 
     bar = tqdm(
         total=len(records),
-        initial=len(records) - len(todo),
+        initial=len(records) - todo,
         unit="q",
         desc=f"{benchmark}:{predictor_name}",
         disable=not progress,
@@ -312,23 +421,21 @@ def run_eval(
             bar.update(len(queue))
             queue.clear()
 
-        for rec in todo:
-            if rec.get("_malformed"):
-                appender.write(_line(rec, benchmark, "", "malformed", rec["_malformed"], zero_target, predictor_name))
+        for item in items:
+            rec = item["record"]
+            if item["status"] != "ready":
+                appender.write(_line(rec, benchmark, "", item["status"], item["error"], zero_target, predictor_name))
                 bar.update(1)
                 continue
-            why = check_video(rec.get("video_path"), check_videos)
-            if why:
-                appender.write(_line(rec, benchmark, "", "failed", why, zero_target, predictor_name))
-                bar.update(1)
-                continue
-            queue.append({**rec, "prompt": prompts.build_question(rec, benchmark, **dict(prompt_kwargs or {}))})
+            queue.append(rec)
             if len(queue) >= batch_size:
                 flush()
         flush()
     finally:
         bar.close()
         appender.close()
+        if hasattr(items, "close"):
+            items.close()
     if not writer:
         return None
     return finalize(
