@@ -244,6 +244,35 @@ def collate(examples: Sequence[dict], cfg: PipelineConfig, pad_id: int, rows: in
     return out
 
 
+def pad_to_length(batch: dict, length: int, cfg: PipelineConfig, pad_id: int) -> dict:
+    """Widens a collated batch's text arrays ``[B, T]`` to ``[B, length]`` exactly as
+    :func:`collate` would have padded them to that bucket (pad ids, -100 labels, mask 0 on the
+    padding side; ``placeholder_index`` shifted under left padding)."""
+    t = batch["input_ids"].shape[1]
+    d = int(length) - t
+    if d < 0:
+        raise ValueError(f"cannot pad a batch of length {t} down to {length}")
+    if d == 0:
+        return batch
+    out = dict(batch)
+    width = ((0, 0), (d, 0)) if cfg.padding_side == "left" else ((0, 0), (0, d))
+    for k, fill in (("input_ids", pad_id), ("labels", IGNORE_INDEX), ("attention_mask", 0)):
+        out[k] = np.pad(batch[k], width, constant_values=fill)
+    if cfg.padding_side == "left":
+        out["placeholder_index"] = batch["placeholder_index"] + np.int32(d)
+    return out
+
+
+def common_length(length: int) -> int:
+    """The largest ``length`` over all JAX processes (one tiny all-gather; every process must
+    call it for the same batch)."""
+    if jax.process_count() == 1:
+        return int(length)
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(length))))
+
+
 class _BatchIterator(grain_dataset.DatasetIterator):
     def __init__(self, parent: grain_dataset.DatasetIterator, rows: int, cfg: PipelineConfig, pad_id: int):
         super().__init__(parent)
@@ -351,9 +380,17 @@ class VideoBatchIterator(grain_dataset.DatasetIterator):
     """Yields host batches (numpy); keeps per-epoch skip counts; ``get_state``/``set_state`` are
     JSON-able, so ``grain.checkpoint.CheckpointSave/Restore`` (Orbax) save it with the train state."""
 
-    def __init__(self, dataset: grain.IterDataset, log_fn: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        dataset: grain.IterDataset,
+        log_fn: Callable[[str], None] | None = None,
+        cfg: PipelineConfig | None = None,
+        pad_id: int | None = None,
+    ):
         self._it = dataset.__iter__()
         super().__init__(self._it)
+        self._cfg, self._pad_id = cfg, pad_id
+        self.last_local_length = 0  # this host's bucket before the cross-process agreement
         self._log = log_fn or log.info
         self.skips: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
         self.examples: collections.Counter = collections.Counter()
@@ -389,6 +426,12 @@ class VideoBatchIterator(grain_dataset.DatasetIterator):
         for e, v in zip(batch["epoch"].tolist(), batch["valid"].tolist(), strict=True):
             self.examples[int(e)] += int(v)
         self._advance_epoch(int(batch["epoch"].max()))
+        # Each host pads its rows to the bucket of ITS longest row; the rows of one global batch
+        # must share a length, so the hosts agree on the largest (= the bucket one process
+        # reading the whole global batch would pick).
+        self.last_local_length = int(batch["input_ids"].shape[1])
+        if self._cfg is not None and jax.process_count() > 1:
+            batch = pad_to_length(batch, common_length(self.last_local_length), self._cfg, self._pad_id)
         return batch
 
     def metrics(self) -> dict[str, int]:
@@ -441,8 +484,11 @@ def make_iterator(
     augment: Callable[[dict, np.random.Generator], dict] | None = None,
     log_fn: Callable[[str], None] | None = None,
 ) -> VideoBatchIterator:
-    """The checkpointable host-batch iterator (see :class:`VideoBatchIterator`)."""
-    return VideoBatchIterator(build_dataset(source, tokenizer, cfg, shard=shard, augment=augment), log_fn)
+    """The checkpointable host-batch iterator (see :class:`VideoBatchIterator`). With several JAX
+    processes (and ``shard`` left to the default, one shard per process), every process must call
+    ``next`` for every batch: the hosts agree on the batch's length bucket."""
+    return VideoBatchIterator(build_dataset(source, tokenizer, cfg, shard=shard, augment=augment), log_fn, cfg,
+                              tokenizer.pad_id)
 
 
 # --- global arrays -----------------------------------------------------------------------------
