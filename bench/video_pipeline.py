@@ -122,6 +122,14 @@ def main() -> None:
     steady = rw / max(nb - 1, 1)
     print(f"{a.workers} workers: first batch after {fw:.2f}s (worker start-up), then {steady:.3f}s per batch of "
           f"{a.batch} ({a.batch * a.frames / steady:.1f} frames/s steady state)")
+    # The target: our pipeline (workers) >= 2x the naive loop's frames/s.
+    naive_fps = n_frames / t_naive
+    ratio_total = t_naive / (fw + rw)
+    ratio_steady = (a.batch * a.frames / steady) / naive_fps
+    verdict = "met" if ratio_steady >= 2.0 else "NOT met"
+    print(f"ratio vs naive: {ratio_steady:.2f}x steady state with {a.workers} workers ({ratio_total:.2f}x incl. "
+          f"worker start-up, {t_naive / (f0 + r0):.2f}x in-process); target >= 2x: {verdict}"
+          + (" (smoke run: clips too short to mean anything)" if a.small else ""))
     if a.step_seconds:
         verdict = "keeps up" if steady <= a.step_seconds else "is SLOWER than"
         print(f"pipeline {verdict} a {a.step_seconds:.3f}s train step")
