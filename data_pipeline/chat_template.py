@@ -155,10 +155,17 @@ def _first_user(conversation: Sequence[Mapping]) -> int:
     raise ConversationError("conversation has no user turn")
 
 
-def _finish(tok: QwenTokenizer, ids: list[int], labels: list[int], cfg: TemplateConfig) -> Tokenized:
+def _finish(
+    tok: QwenTokenizer, ids: list[int], labels: list[int], cfg: TemplateConfig, require_placeholder: bool = True
+) -> Tokenized:
     if tok.placeholder_id not in ids:
-        raise ConversationError("no video placeholder in the tokenized prompt", kind="missing_placeholder")
-    ph = ids.index(tok.placeholder_id)
+        if require_placeholder:
+            raise ConversationError("no video placeholder in the tokenized prompt", kind="missing_placeholder")
+        # a text-only prompt: no video tokens count against max_length, placeholder_index is -1
+        cfg = dataclasses.replace(cfg, video_tokens=0)
+        ph = -1
+    else:
+        ph = ids.index(tok.placeholder_id)
     extra = max(cfg.video_tokens - 1, 0)
     total = len(ids) + extra
     cut = 0
@@ -232,7 +239,7 @@ def tokenize_prompt(
     _check_placeholder(conversation, require_placeholder)
     text = render_qwen_1_5(conversation, cfg.system, add_generation_prompt=True)
     ids = tok.encode_with_placeholder(text)
-    return _finish(tok, ids, [IGNORE_INDEX] * len(ids), cfg)
+    return _finish(tok, ids, [IGNORE_INDEX] * len(ids), cfg, require_placeholder)
 
 
 def question_prompt(question: str) -> list[dict]:

@@ -164,3 +164,22 @@ def test_eval_dataset_resume_position_is_the_jsonl(tmp_path):
     whole = runner.run_eval(recs, noisy_oracle(), str(tmp_path / "whole"), 5, progress=False, print_table=False)
     assert resumed["table"] == whole["table"] and resumed["scores"] == whole["scores"]
     np.testing.assert_equal(len(open(os.path.join(work, runner.SAMPLES_FILE)).read().splitlines()), len(recs))
+
+
+def test_text_only_sharded_over_data_matches_the_handle(tmp_path, handle):
+    from vlm3r_jax.eval.sharded import ShardedVLM3RPredictor
+
+    data = str(tmp_path / "bench")
+    make_bench(data, per_type=1, extras=False, videos=False)  # text only: no video is read
+    recs = records_lib.load_records(data, "vsibench")[:7]
+    pred = ShardedVLM3RPredictor(handle, batch_size=5, mesh=sharding.make_mesh({"data": 8}), num_frames=2,
+                                 max_new_tokens=4, text_only=True, length_buckets=(192, 256))
+    assert pred.rows == 8  # 5 records padded to the 8 data shards; the 2nd batch holds 2
+    res = runner.run_eval(recs, pred, str(tmp_path / "w"), 5, check_videos="none", progress=False, print_table=False)
+    lines = runner.read_samples(res["paths"]["samples"])
+    assert [lines[r["id"]]["status"] for r in recs] == ["ok"] * len(recs)
+    from vlm3r_jax.eval import prompts
+
+    for r in recs[:2]:
+        want = handle.answer(None, prompts.build_question(r, "vsibench"), max_new_tokens=4)
+        assert lines[r["id"]]["prediction"] == want
