@@ -155,10 +155,14 @@ def _first_user(conversation: Sequence[Mapping]) -> int:
     raise ConversationError("conversation has no user turn")
 
 
-def _finish(tok: QwenTokenizer, ids: list[int], labels: list[int], cfg: TemplateConfig) -> Tokenized:
+def _finish(tok: QwenTokenizer, ids: list[int], labels: list[int], cfg: TemplateConfig,
+            need_placeholder: bool = True) -> Tokenized:
     if tok.placeholder_id not in ids:
-        raise ConversationError("no video placeholder in the tokenized prompt", kind="missing_placeholder")
-    ph = ids.index(tok.placeholder_id)
+        if need_placeholder:
+            raise ConversationError("no video placeholder in the tokenized prompt", kind="missing_placeholder")
+        ph = -1  # text only: nothing to protect from truncation
+    else:
+        ph = ids.index(tok.placeholder_id)
     extra = max(cfg.video_tokens - 1, 0)
     total = len(ids) + extra
     cut = 0
@@ -215,7 +219,7 @@ def tokenize_conversation(
         always = {tok.im_start_id, tok.im_end_id} | ({tok.newline_id} if tok.newline_id is not None else set())
         lab = [i if i in always else y for i, y in zip(ids, lab, strict=True)]
     lab = [IGNORE_INDEX if i == tok.placeholder_id else y for i, y in zip(ids, lab, strict=True)]
-    return _finish(tok, ids, lab, cfg)
+    return _finish(tok, ids, lab, cfg, need_placeholder=require_placeholder)
 
 
 def tokenize_prompt(
@@ -232,7 +236,7 @@ def tokenize_prompt(
     _check_placeholder(conversation, require_placeholder)
     text = render_qwen_1_5(conversation, cfg.system, add_generation_prompt=True)
     ids = tok.encode_with_placeholder(text)
-    return _finish(tok, ids, [IGNORE_INDEX] * len(ids), cfg)
+    return _finish(tok, ids, [IGNORE_INDEX] * len(ids), cfg, need_placeholder=require_placeholder)
 
 
 def question_prompt(question: str) -> list[dict]:
