@@ -108,7 +108,8 @@ class ChatSession:
         need = self._used + width + max_new_tokens
         if need > self.max_context:
             raise ContextFullError(
-                f"this turn needs {need} cache slots but the chat holds {self.max_context} "
+                f"prompt too long for the context: this turn needs {need} cache slots but the chat holds "
+                f"{self.max_context} "
                 f"({self._used} already used by the video and earlier turns); call reset(), ask with "
                 "keep_history=False, lower max_new_tokens or open the chat with a larger max_context")
         m = self.model
