@@ -158,7 +158,13 @@ class VideoStream:
 
     @property
     def kept_frame_indices(self) -> list[int]:
+        """Frames held in memory (at most ``2 * max_frames`` for ``uniform``)."""
         return [i for i, _ in self.buffer.entries]
+
+    @property
+    def selected_frame_indices(self) -> list[int]:
+        """Frames the next question will see (at most ``max_frames``)."""
+        return [i for i, _ in self.buffer.chosen()]
 
     # --- questions --------------------------------------------------------------------------------
     def answer(self, question: str, max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0,
