@@ -29,7 +29,13 @@ EXTRAS = {
         "ruff>=0.6",
         "transformers>=4.45",
         "torch==2.13.0",
+        # executes notebooks/quickstart.ipynb in tests/test_notebook.py
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
     ],
+    # running the notebooks interactively
+    "notebook": ["jupyterlab>=4"],
     # TFDS builders (data_pipeline/tfds_builders.py): ~25 s / ~210 MB to install; no TensorFlow needed.
     "tfds": ["tensorflow-datasets>=4.9.6", "importlib_resources>=6"],
     # clu's TensorBoard writer needs TensorFlow; without it metrics go to console + metrics.jsonl.

@@ -222,7 +222,7 @@ def tokenize_conversation(
         always = {tok.im_start_id, tok.im_end_id} | ({tok.newline_id} if tok.newline_id is not None else set())
         lab = [i if i in always else y for i, y in zip(ids, lab, strict=True)]
     lab = [IGNORE_INDEX if i == tok.placeholder_id else y for i, y in zip(ids, lab, strict=True)]
-    return _finish(tok, ids, lab, cfg)
+    return _finish(tok, ids, lab, cfg, require_placeholder)
 
 
 def tokenize_prompt(

@@ -149,6 +149,28 @@ def test_greedy_generate_left_padding(pair):
     assert np.all(ours[0, ids.shape[1] + first:] == eos)
 
 
+@pytest.mark.parametrize("penalty", [1.7, 0.6])
+def test_repetition_penalty_matches_transformers(pair, penalty):
+    """Greedy with a repetition penalty (prompt tokens count, as in transformers), left padding."""
+    import torch
+
+    name, model, lm, _ = pair
+    vocab = CONFIGS[name]["vocab_size"]
+    ids = np.random.default_rng(7).integers(0, vocab, (2, 9))
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    ids[1, :3] = 0
+    n = 12
+    with torch.no_grad():
+        ref = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=n,
+                             min_new_tokens=n, do_sample=False, repetition_penalty=penalty, eos_token_id=None,
+                             pad_token_id=0).numpy()
+    ours = lm.generate(ids, max_new_tokens=n, attention_mask=mask, eos_token_id=[], repetition_penalty=penalty)
+    np.testing.assert_array_equal(ours, ref)
+    plain = lm.generate(ids, max_new_tokens=n, attention_mask=mask, eos_token_id=[])
+    assert not np.array_equal(plain, ours), "the penalty should change this greedy continuation"
+
+
 def test_export_roundtrip(pair, tmp_path):
     """Our params -> HF safetensors dir -> transformers loads it -> same logits."""
     import torch

@@ -170,11 +170,13 @@ class Qwen2LM:
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        repetition_penalty: float = 1.0,
         seed: int = 0,
     ) -> np.ndarray:
         """int [B, T] -> int [B, T + max_new_tokens]: the prompt followed by the new tokens.
 
-        Greedy unless ``temperature > 0``. Batches with different prompt lengths must be LEFT padded
+        Greedy unless ``temperature > 0``. ``repetition_penalty`` counts the prompt's tokens and the
+        generated ones, as transformers does for text prompts. Batches with different prompt lengths must be LEFT padded
         and pass ``attention_mask`` [B, T]. ``eos_token_id`` (default: from the checkpoint config)
         may be one id or several; a finished row is padded with its first eos id.
         """
@@ -190,13 +192,16 @@ class Qwen2LM:
         else:
             eos = tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else (int(eos_token_id),)
         cfg = sampling.SamplingConfig(
-            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p), top_k=int(top_k)
+            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+            repetition_penalty=float(repetition_penalty),
         )
+        seen = np.where(mask > 0, ids, -1) if cfg.repetition_penalty != 1.0 else None
         stop, pad = sampling.stop_ids_array(eos)
         with self._ctx():
             out = _generate_ids(
                 self._step_fn, self._embed_fn, self.graphdef, self.state, self._put(ids), self._put(mask),
-                jax.random.key(seed), stop, pad, cfg=cfg, cache_len=t + int(max_new_tokens),
+                jax.random.key(seed), stop, pad, None if seen is None else self._put(seen),
+                cfg=cfg, cache_len=t + int(max_new_tokens),
             )
         return np.concatenate([prompt, np.asarray(out.tokens)], axis=1)
 
@@ -215,9 +220,9 @@ def _logits_fn(graphdef, state, ids, mask):
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn", "embed_fn", "graphdef", "cfg", "cache_len"))
-def _generate_ids(step_fn, embed_fn, graphdef, state, ids, mask, rng, stop, pad, *, cfg, cache_len):
+def _generate_ids(step_fn, embed_fn, graphdef, state, ids, mask, rng, stop, pad, seen, *, cfg, cache_len):
     # The cache is created inside the jit so XLA allocates it in place (no host round trip).
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(ids.shape[0], cache_len)
     embeds = model.embed_tokens(ids)
-    return sampling.generate(step_fn, embed_fn, state, cache, embeds, mask, rng, stop, pad, config=cfg)
+    return sampling.generate(step_fn, embed_fn, state, cache, embeds, mask, rng, stop, pad, seen, config=cfg)

@@ -36,6 +36,11 @@ EmbedFn = Callable[[Any, jax.Array], jax.Array]
 class SamplingConfig:
     """Static decoding settings (hashable: part of the jit cache key).
 
+    ``repetition_penalty`` (1.0 = off; the CTRL / transformers rule) first makes every token
+    already generated less likely: its logit is divided by the penalty when positive and
+    multiplied by it when negative. It applies to greedy decoding too. Only generated tokens
+    (plus the optional ``penalty_ids`` of :func:`generate`) count: a VLM prompt is embeddings,
+    as in the official ``generate(inputs_embeds=...)``, where transformers sees no prompt ids.
     ``temperature == 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``,
     restricted to the ``top_k`` best (0 = all) and to the smallest set whose probability mass
     reaches ``top_p`` (nucleus sampling; 1.0 = all), and sampled. Stop ids and the pad id are
@@ -46,6 +51,7 @@ class SamplingConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -56,6 +62,8 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
 
 
 def stop_ids_array(eos_ids: Sequence[int] | int | None) -> tuple[jax.Array, jax.Array]:
@@ -77,6 +85,24 @@ class SampleOutput:
     tokens: jax.Array  # int32 [B, max_new_tokens]; after a row's eos: pad_id
     num_tokens: jax.Array  # int32 [B]: tokens generated per row, counting its eos
     done: jax.Array  # bool [B]: the row emitted an eos
+    # the cache after decoding: prompt + every generated token but the last (which was never fed
+    # back); a multi-turn caller continues from it (see vlm3r_jax.infer.chat)
+    cache: Any = None
+
+
+def penalize_repeats(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+    """logits float [B, V], seen bool [B, V] (token already produced) -> penalised logits."""
+    logits = logits.astype(jnp.float32)
+    hit = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, hit, logits)
+
+
+def mark_seen(seen: jax.Array, ids: jax.Array) -> jax.Array:
+    """seen bool [B, V] | ids int [B, T] (negative = no token) -> seen with those ids set."""
+    v = seen.shape[1]
+    ids = jnp.where(ids < 0, v, ids)  # out of range: dropped by the scatter below
+    rows = jnp.broadcast_to(jnp.arange(ids.shape[0])[:, None], ids.shape)
+    return seen.at[rows, ids].set(True, mode="drop")
 
 
 def sample_logits(logits: jax.Array, rng: jax.Array, config: SamplingConfig) -> jax.Array:
@@ -100,7 +126,7 @@ def sample_logits(logits: jax.Array, rng: jax.Array, config: SamplingConfig) -> 
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "embed_fn", "config"))
+@functools.partial(jax.jit, static_argnames=("step_fn", "embed_fn", "config", "return_cache"))
 def generate(
     step_fn: StepFn,
     embed_fn: EmbedFn,
@@ -111,8 +137,10 @@ def generate(
     rng: jax.Array,
     stop_ids: jax.Array,
     pad_id: jax.Array,
+    penalty_ids: jax.Array | None = None,
     *,
     config: SamplingConfig,
+    return_cache: bool = False,
 ) -> SampleOutput:
     """Prefills ``cache`` (empty, with at least T + max_new_tokens - 1 slots) with
     ``inputs_embeds`` [B, T, D] / ``attention_mask`` [B, T] (left padding recommended: then every
@@ -120,7 +148,9 @@ def generate(
 
     ``rng`` is a ``jax.random.key``; the result is a deterministic function of it. ``stop_ids``
     int32 [E]: a row finishes when it emits any of them (use ``[-1]`` to never stop); ``pad_id``
-    int32 []: what finished rows emit afterwards (see :func:`stop_ids_array`).
+    int32 []: what finished rows emit afterwards (see :func:`stop_ids_array`). ``penalty_ids``
+    int [B, P] (negative = none): tokens that count as already seen for the repetition penalty.
+    ``return_cache``: also return the cache after decoding (to continue a conversation).
     Returns :class:`SampleOutput`.
     """
     b = inputs_embeds.shape[0]
@@ -133,31 +163,41 @@ def generate(
     eos = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
     fill = jnp.asarray(pad_id, jnp.int32)
 
-    def pick(logits, key, done):
+    penalize = config.repetition_penalty != 1.0
+
+    def pick(logits, key, done, seen):
+        if penalize:
+            logits = penalize_repeats(logits, seen, config.repetition_penalty)
         tok = sample_logits(logits, key, config)
         tok = jnp.where(done, fill, tok)
-        return tok, done | jnp.any(tok[:, None] == eos[None, :], axis=-1)
+        if penalize:
+            seen = mark_seen(seen, tok[:, None])
+        return tok, done | jnp.any(tok[:, None] == eos[None, :], axis=-1), seen
 
     logits, cache = step_fn(params, cache, inputs_embeds, attention_mask)
+    # without a penalty the [B, V] table is a [B, 1] dummy so the loop carries nothing big
+    seen = jnp.zeros((b, logits.shape[-1] if penalize else 1), bool)
+    if penalize and penalty_ids is not None:
+        seen = mark_seen(seen, jnp.asarray(penalty_ids, jnp.int32))
     rng, key = jax.random.split(rng)
-    tok, done = pick(logits, key, jnp.zeros((b,), bool))
+    tok, done, seen = pick(logits, key, jnp.zeros((b,), bool), seen)
     tokens = jnp.full((b, n), fill, jnp.int32).at[:, 0].set(tok)
     num = jnp.ones((b,), jnp.int32)
 
     def cond(carry):
-        i, _, _, done, _, _, _ = carry
+        i, _, _, done, _, _, _, _ = carry
         return (i < n) & ~jnp.all(done)
 
     def body(carry):
-        i, tok, tokens, done, num, cache, rng = carry
+        i, tok, tokens, done, num, cache, rng, seen = carry
         emb = embed_fn(params, tok[:, None])
         logits, cache = step_fn(params, cache, emb, jnp.ones((b, 1), jnp.int32))
         rng, key = jax.random.split(rng)
-        new_tok, new_done = pick(logits, key, done)
+        new_tok, new_done, seen = pick(logits, key, done, seen)
         tokens = jax.lax.dynamic_update_slice(tokens, new_tok[:, None], (0, i))
         num = num + (~done).astype(jnp.int32)
-        return i + 1, new_tok, tokens, new_done, num, cache, rng
+        return i + 1, new_tok, tokens, new_done, num, cache, rng, seen
 
-    carry = (jnp.int32(1), tok, tokens, done, num, cache, rng)
-    _, _, tokens, done, num, _, _ = jax.lax.while_loop(cond, body, carry)
-    return SampleOutput(tokens=tokens, num_tokens=num, done=done)
+    carry = (jnp.int32(1), tok, tokens, done, num, cache, rng, seen)
+    _, _, tokens, done, num, cache, _, _ = jax.lax.while_loop(cond, body, carry)
+    return SampleOutput(tokens=tokens, num_tokens=num, done=done, cache=cache if return_cache else None)

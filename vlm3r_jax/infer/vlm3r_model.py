@@ -2,12 +2,15 @@
 
 Owns the tokenizer, the (graphdef, params) of a :class:`~vlm3r_jax.models.vlm3r.VLM3R` and the
 jitted pure functions: ``logits`` (the spliced forward), ``generate`` (video encoding + splice
-once, then the shared KV-cache sampler of :mod:`vlm3r_jax.infer.sampling`), and ``answer``
-(decode + sample a video file or array, the official prompt, greedy decoding).
+once, then the shared KV-cache sampler of :mod:`vlm3r_jax.infer.sampling`), ``answer``
+(decode + sample a video file or array, the official prompt, greedy decoding), ``chat``
+(multi-turn with a reused KV prefix, :mod:`vlm3r_jax.infer.chat`), ``stream`` (online frames,
+:mod:`vlm3r_jax.infer.stream`) and ``reconstruct`` (CUT3R's points and cameras for pictures).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -21,7 +24,9 @@ from flax import nnx
 from data_pipeline.chat_template import TemplateConfig, question_prompt, tokenize_prompt
 from data_pipeline.image_preprocess import siglip_preprocess_np
 from data_pipeline.tokenizer import QwenTokenizer
+from vlm3r_jax.infer.chat import ChatSession
 from vlm3r_jax.infer.sampling import SamplingConfig, generate, stop_ids_array
+from vlm3r_jax.infer.stream import StreamConfig, VideoStream
 from vlm3r_jax.models.splice import check_length, placeholder_positions
 from vlm3r_jax.models.vlm3r import VLM3R, VLM3RConfig
 
@@ -86,6 +91,16 @@ class VLM3RModel:
         return cls(cfg, model, tok, num_frames=num_frames, info=info)
 
     @classmethod
+    def from_config(cls, cfg: VLM3RConfig, tokenizer: QwenTokenizer, *, seed: int = 0,
+                    num_frames: int = 32) -> VLM3RModel:
+        """A randomly initialised model (host-drawn weights, :mod:`vlm3r_jax.models.host_init`):
+        for tests, notebooks and benchmarks that need the architecture, not trained weights."""
+        from vlm3r_jax.models.host_init import host_init
+
+        model = host_init(lambda: VLM3R(cfg, rngs=nnx.Rngs(seed)), seed)
+        return cls(cfg, model, tokenizer, num_frames=num_frames)
+
+    @classmethod
     def _from_ours(cls, path: str, *, dtype: str, num_frames: int) -> VLM3RModel:
         from vlm3r_jax.convert.vlm3r_ours import load_ours
 
@@ -126,11 +141,16 @@ class VLM3RModel:
         return nnx.merge(graphdef, params).llm.embed_tokens(ids)
 
     # --- checks -----------------------------------------------------------------------------------
-    def _check(self, input_ids: np.ndarray, frames: Any) -> tuple[np.ndarray, Any]:
+    def _check(self, input_ids: np.ndarray, frames: Any, num_frames: int | None = None) -> tuple[np.ndarray, Any]:
+        """Validates a batch; ``num_frames`` checks the length for a video given as features."""
         input_ids = np.asarray(input_ids)
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
         if frames is None:
+            n_video = self.cfg.num_video_tokens(num_frames) if num_frames else 0
+            pos = placeholder_positions(input_ids, self.video_token_id) if num_frames else np.zeros(1, int)
+            check_length(input_ids.shape[1] + (0 if num_frames else 1), n_video, pos, self.cfg.model_max_length,
+                         "error")
             return input_ids, None
         frames = jnp.asarray(frames)
         if frames.ndim == 4:
@@ -156,15 +176,18 @@ class VLM3RModel:
         return self._forward(self.params, jnp.asarray(ids), frames, mask)
 
     def generate(self, input_ids: Any, frames: Any, *, attention_mask: Any = None, max_new_tokens: int = 64,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
+                 seed: int = 0) -> np.ndarray:
         """Right-padded prompts + videos -> new token ids int [B, max_new_tokens] (eos-padded).
-        Stops at ``<|im_end|>`` as the official eval does."""
+        Stops at ``<|im_end|>`` as the official eval does. Greedy unless ``temperature > 0``;
+        the result is a deterministic function of ``seed``."""
         ids, frames = self._check(input_ids, frames)
         b, t = ids.shape
         mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         embeds, emb_mask = self._prefill(self.params, jnp.asarray(ids), frames, mask)
         cache = self.model.llm.init_cache(b, embeds.shape[1] + max_new_tokens)
-        scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                              repetition_penalty=repetition_penalty)
         stop_ids, pad_id = stop_ids_array(self.cfg.llm.eos_token_ids)
         out = generate(self._step_fn, self._embed_fn, self.params, cache, embeds, emb_mask,
                        jax.random.key(seed), stop_ids, pad_id, config=scfg)
@@ -194,15 +217,57 @@ class VLM3RModel:
         return tokenize_prompt(self.tokenizer, conv, self.template, require_placeholder=with_video).input_ids
 
     def answer(self, video: Any, question: str, max_new_tokens: int = 64, *, num_frames: int | None = None,
-               temperature: float = 0.0, seed: int = 0) -> str:
+               temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
+               seed: int = 0) -> str:
         """Answers ``question`` about ``video`` (path or uint8 [N, H, W, 3]; None = text only)."""
         ids = self.prompt_ids(question, with_video=video is not None)
         frames = None if video is None else self.prepare_video(video, num_frames)[None]
-        toks = self.generate(ids[None], frames, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)[0]
+        toks = self.generate(ids[None], frames, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                             top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)[0]
         return self.tokenizer.decode([int(t) for t in toks], skip_special_tokens=True).strip()
 
+    def chat(self, video: Any = None, *, num_frames: int | None = None, keep_history: bool = True,
+             max_context: int | None = None) -> ChatSession:
+        """A multi-turn session about ``video`` (path or uint8 [N, H, W, 3]; None = text only):
+        the video and the KV-cache prefix are computed once; ``session.ask(question)`` answers.
+        ``keep_history=False`` makes every question independent (same prefix, no earlier turns).
+        ``max_context``: cache size in tokens (default: the prefix + 1024)."""
+        frames = None if video is None else self.prepare_video(video, num_frames)
+        return ChatSession(self, frames, keep_history=keep_history, max_context=max_context)
+
+    def stream(self, config: StreamConfig | None = None, **kwargs: Any) -> VideoStream:
+        """An online session: ``push(frame)`` one frame at a time (constant cost per frame),
+        ``answer(question)`` at any moment. ``config`` or keyword fields of :class:`StreamConfig`."""
+        if config is None:
+            config = StreamConfig(**kwargs)
+        elif kwargs:
+            config = dataclasses.replace(config, **kwargs)
+        return VideoStream(self, config)
+
+    def reconstruct(self, video: Any, num_frames: int | None = None, points_stride: int = 4) -> dict[str, np.ndarray]:
+        """CUT3R's reconstruction of ``video`` as VLM-3R sees it (the sampled frames at the
+        geometry resolution): points [P, 3] in the first camera's frame, colors [P, 3] in [0, 1],
+        conf [P], camera_c2w [F, 4, 4], frames uint8 [F, S, S, 3]. For pictures (see ``viz``)."""
+        if self.cfg.geometry is None:
+            raise ValueError("this model has no geometry encoder (config.geometry is None)")
+        pixels = self.prepare_video(video, num_frames)
+        stream = VideoStream(self, StreamConfig(max_frames=pixels.shape[0], select="window", with_heads=True,
+                                                points_stride=points_stride))
+        for f in pixels:
+            stream.push(f)
+        rec = stream.reconstruction()
+        rec["frames"] = np.clip((pixels + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        return rec
+
+    def _chat_prefix(self, prefix_ids: list[int], frames: np.ndarray | None, capacity: int) -> Any:
+        """Prefills a fresh cache of ``capacity`` slots with the chat prefix (video included)."""
+        ids = jnp.asarray([prefix_ids], jnp.int32)
+        fr = None if frames is None else jnp.asarray(frames)[None]
+        return _prefill_cache(self.graphdef, self.params, ids, fr, capacity=capacity)
+
     def answer_batch(self, videos: Sequence[Any], questions: Sequence[str], max_new_tokens: int = 16, *,
-                     num_frames: int | None = None) -> list[str]:
+                     num_frames: int | None = None, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                     repetition_penalty: float = 1.0, seed: int = 0) -> list[str]:
         """Several (video, question) pairs in one batch (right-padded, then left-aligned for decoding)."""
         rows = [self.prompt_ids(q) for q in questions]
         t = max(len(r) for r in rows)
@@ -213,5 +278,20 @@ class VLM3RModel:
             ids[i, :len(r)] = r
             mask[i, :len(r)] = 1
         frames = np.stack([self.prepare_video(v, num_frames) for v in videos])
-        toks = self.generate(ids, frames, attention_mask=mask, max_new_tokens=max_new_tokens)
+        toks = self.generate(ids, frames, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
         return [self.tokenizer.decode([int(x) for x in row], skip_special_tokens=True).strip() for row in toks]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "capacity"))
+def _prefill_cache(graphdef: nnx.GraphDef, params: nnx.State, ids: jax.Array, frames: jax.Array | None, *,
+                   capacity: int) -> Any:
+    """ids [1, T] (+ frames [1, F, S, S, 3]) -> a KV cache of ``capacity`` slots holding them."""
+    model = nnx.merge(graphdef, params)
+    if frames is None:
+        embeds = model.llm.embed_tokens(ids)
+    else:
+        embeds = model.embed_prompt(ids, frames)["inputs_embeds"]
+    cache = model.llm.init_cache(1, capacity)
+    _, cache = model.llm.last_logits(embeds, jnp.ones(embeds.shape[:2], jnp.int32), cache)
+    return cache

@@ -103,16 +103,24 @@ class VLM3R(nnx.Module):
         """frames [B, F, H, W, 3] (SigLIP view) -> CUT3R tokens [B, F, G, Dg] per ``spatial_select``.
 
         Each video is its own recurrence (batch axis = videos). CUT3R is frozen: no gradient."""
-        b, f = frames.shape[:2]
-        x = resize_bilinear(rearrange(frames, "b f h w c -> (b f) h w c"), self.cfg.geometry_image_size)
-        x = rearrange(x, "(b f) h w c -> b f h w c", b=b).astype(jnp.dtype(self.cfg.geometry.dtype))
+        x = self.geometry_input(frames)
         tokens = self.spatial_tower.tokens(x)  # [B, F, 1 + N, Dg], camera token first
+        return jax.lax.stop_gradient(self.select_geometry(tokens))
+
+    def geometry_input(self, frames: jax.Array) -> jax.Array:
+        """SigLIP-view frames [..., H, W, 3] -> CUT3R's input (bilinear resize, geometry dtype)."""
+        lead = frames.shape[:-3]
+        x = resize_bilinear(frames.reshape((-1,) + frames.shape[-3:]), self.cfg.geometry_image_size)
+        return x.reshape(lead + x.shape[1:]).astype(jnp.dtype(self.cfg.geometry.dtype))
+
+    def select_geometry(self, tokens: jax.Array) -> jax.Array:
+        """[..., 1 + N, Dg] (camera token first) -> the tokens ``spatial_select`` feeds the fusion."""
         sel = self.cfg.spatial_select
         if sel == "camera_tokens":
-            tokens = tokens[:, :, :1]
-        elif sel == "patch_tokens":
-            tokens = tokens[:, :, 1:]
-        return jax.lax.stop_gradient(tokens)
+            return tokens[..., :1, :]
+        if sel == "patch_tokens":
+            return tokens[..., 1:, :]
+        return tokens
 
     def visual_features(self, frames: jax.Array) -> jax.Array:
         """frames [B, F, H, W, 3] -> SigLIP patch features [B*F, P, Dv] (frozen)."""
@@ -123,25 +131,35 @@ class VLM3R(nnx.Module):
         """features [B*F, P, Dv], geometry [B, F, G, Dg] -> fused [B*F, P, Dv]."""
         return self.fusion_block(features, rearrange(geometry, "b f g d -> (b f) g d"))
 
-    def video_embeds(self, frames: jax.Array | None, geometry_tokens: jax.Array | None = None,
-                     features: jax.Array | None = None) -> jax.Array:
-        """frames [B, F, H, W, 3] -> the LLM input block of each video [B, V, D].
+    def pooled_frames(self, frames: jax.Array | None, geometry_tokens: jax.Array | None = None,
+                      features: jax.Array | None = None) -> jax.Array:
+        """frames [B, F, H, W, 3] -> per-frame pooled LLM features [B, F, h, w, D] (before the
+        newline layout). Frames are independent here except through CUT3R's recurrence, so a
+        streaming caller can compute one frame at a time and lay the stack out later.
 
         ``geometry_tokens`` [B, F, G, Dg] replaces the CUT3R pass (offline feature cache);
         ``features`` [B*F, P, Dv] replaces the SigLIP pass."""
-        b, f = (frames.shape[:2] if frames is not None else geometry_tokens.shape[:2])
+        b = (frames.shape[0] if frames is not None else geometry_tokens.shape[0])
         x = self.visual_features(frames) if features is None else features
         if self.fusion_block is not None:
             geo = self.geometry_tokens(frames) if geometry_tokens is None else geometry_tokens
             x = self.fuse(x, geo)
-        proj = self.mm_projector.project(x)
-        pooled = self.mm_projector.pool(proj)
-        pooled = rearrange(pooled, "(b f) h w d -> b f h w d", b=b)
+        pooled = self.mm_projector.pool(self.mm_projector.project(x))
+        return rearrange(pooled, "(b f) h w d -> b f h w d", b=b)
+
+    def layout(self, pooled: jax.Array) -> jax.Array:
+        """pooled [B, F, h, w, D] -> the LLM input block of each video [B, V, D] (newlines added)."""
         nl = self.mm_projector.image_newline
         nl = nl[...] if nl is not None else None
         pc = self.cfg.projector
         return jax.vmap(lambda p: layout_video_tokens(p, nl, newline_position=pc.newline_position,
                                                       patch_merge_type=pc.patch_merge_type))(pooled)
+
+    def video_embeds(self, frames: jax.Array | None, geometry_tokens: jax.Array | None = None,
+                     features: jax.Array | None = None) -> jax.Array:
+        """frames [B, F, H, W, 3] -> the LLM input block of each video [B, V, D]
+        (:meth:`pooled_frames`, then :meth:`layout`)."""
+        return self.layout(self.pooled_frames(frames, geometry_tokens, features))
 
     # --- the whole model ------------------------------------------------------------------------
     def embed_prompt(self, input_ids: jax.Array, frames: jax.Array | None, *, attention_mask: jax.Array | None = None,
@@ -158,9 +176,16 @@ class VLM3R(nnx.Module):
             if labels is not None:
                 out["labels"] = labels
             return out
-        video = self.video_embeds(frames, geometry_tokens)
-        pos = jnp.argmax(is_ph, axis=1)
-        return splice_video(text, video, pos, attention_mask, labels)
+        return self.embed_with_video(input_ids, self.video_embeds(frames, geometry_tokens),
+                                     attention_mask=attention_mask, labels=labels)
+
+    def embed_with_video(self, input_ids: jax.Array, video: jax.Array, *, attention_mask: jax.Array | None = None,
+                         labels: jax.Array | None = None) -> dict[str, jax.Array]:
+        """input_ids int [B, T] (one placeholder per row) + an already computed video block
+        video [B, V, D] -> the spliced batch dict (inputs_embeds [B, T - 1 + V, D], ...)."""
+        is_ph = input_ids == self.cfg.video_token_id
+        text = self.llm.embed_tokens(jnp.where(is_ph, 0, input_ids))
+        return splice_video(text, video, jnp.argmax(is_ph, axis=1), attention_mask, labels)
 
     def __call__(self, input_ids: jax.Array, frames: jax.Array | None = None, *,
                  attention_mask: jax.Array | None = None, labels: jax.Array | None = None,

@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from einops import rearrange
 from flax import nnx
 
@@ -197,32 +196,12 @@ def step_fn(graphdef: nnx.GraphDef, with_heads: bool = True):
 
 
 def init_cut3r(cfg: Cut3rConfig, seed: int = 0) -> Cut3r:
-    """Randomly initialised model with parameters drawn on the host with numpy.
+    """Randomly initialised model with parameters drawn on the host
+    (:func:`vlm3r_jax.models.host_init.fill_random`: kernels ~ N(0, 1/fan_in), norms = 1, biases = 0,
+    learned tokens ~ N(0, 0.02^2), memory slots 0.2 as the reference)."""
+    from vlm3r_jax.models.host_init import fill_random
 
-    Building the module eagerly dispatches hundreds of tiny jax RNG ops and jitting that init is
-    a slow XLA compile, so the values are drawn here instead: kernels ~ N(0, 1/fan_in), norms = 1,
-    biases = 0, learned tokens ~ N(0, 0.02^2) (memory slots 0.2, as the reference)."""
-    graphdef, abstract = nnx.split(abstract_cut3r(cfg))
-    rng = np.random.default_rng(seed)
-    pd = np.dtype(jnp.dtype(cfg.param_dtype))
-
-    def draw(path: tuple, v: Any) -> Any:
-        if not isinstance(v, nnx.Variable):
-            return v
-        name = str(getattr(path[-1], "key", path[-1]))
-        shape = v.get_value().shape
-        if name == "scale":
-            arr = np.ones(shape)
-        elif name == "bias":
-            arr = np.zeros(shape)
-        elif name == "kernel":
-            arr = rng.normal(size=shape) / np.sqrt(max(1, int(np.prod(shape[:-1]))))
-        else:
-            arr = rng.normal(size=shape) * (0.2 if name in ("mem", "masked_token") else 0.02)
-        return v.replace(jnp.asarray(arr.astype(pd)))
-
-    state = jax.tree_util.tree_map_with_path(draw, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return nnx.merge(graphdef, state)
+    return fill_random(abstract_cut3r(cfg), seed)
 
 
 _ABSTRACT: dict[Cut3rConfig, Cut3r] = {}

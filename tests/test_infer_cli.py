@@ -1,0 +1,71 @@
+"""``python -m launch.infer``: help, answers (one question and a conversation), the --viz picture,
+and clear errors with exit code 2 for a missing or corrupt video, a missing checkpoint and a
+question too long for the context."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launch import infer
+from tests import _vlm3r_helpers as H
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from data_pipeline.scenes import write_mp4
+
+    d = tmp_path_factory.mktemp("cli")
+    model = H.small_model(str(d), seed=5, num_frames=4)
+    ckpt = str(d / "model")
+    model.save_pretrained(ckpt)
+    video = str(d / "scene.mp4")
+    write_mp4(video, H.video(6, size=48, seed=2), fps=4)
+    bad = d / "corrupt.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    return {"ckpt": ckpt, "video": video, "bad": str(bad), "dir": d}
+
+
+def test_help_explains_every_flag():
+    r = subprocess.run([sys.executable, "-m", "launch.infer", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0
+    for flag in ("--checkpoint", "--video", "--question", "--frames", "--temperature", "--viz", "--base",
+                 "--repetition-penalty", "Example"):
+        assert flag in r.stdout
+
+
+def test_answers_and_draws(files, capsys):
+    out_png = str(files["dir"] / "rec.png")
+    rc = infer.main(["--checkpoint", files["ckpt"], "--video", files["video"], "--question", "How many chairs?",
+                     "--question", "Which object is closest to the door?", "--frames", "4", "--max-new-tokens", "4",
+                     "--viz", out_png])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.count("Q: ") == 2 and out.count("A: ") == 2
+    assert os.path.getsize(out_png) > 10_000
+
+
+@pytest.mark.parametrize("case", ["missing_video", "corrupt_video", "missing_checkpoint", "too_long"])
+def test_bad_input_is_explained(files, capsys, case):
+    args = {"--checkpoint": files["ckpt"], "--video": files["video"], "--question": "How many chairs?",
+            "--frames": "4"}
+    expect = {"missing_video": "video not found", "corrupt_video": "cannot read the video",
+              "missing_checkpoint": "checkpoint directory not found", "too_long": "prompt too long"}[case]
+    if case == "missing_video":
+        args["--video"] = str(files["dir"] / "nope.mp4")
+    elif case == "corrupt_video":
+        args["--video"] = files["bad"]
+    elif case == "missing_checkpoint":
+        args["--checkpoint"] = str(files["dir"] / "no_model")
+    else:
+        args["--question"] = "how far is the chair from the table " * 200
+    rc = infer.main([x for kv in args.items() for x in kv])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert expect in err, err
