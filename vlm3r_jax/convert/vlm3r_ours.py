@@ -98,4 +98,6 @@ def load_ours(path: str, dtype: str | None = None, shardings: Any = None):
     mapping = {k: Src(k) for k, v in flat_variables(state).items() if isinstance(v, nnx.Param)}
     state = load_state(state, SafetensorsDir(os.path.join(path, WEIGHTS)), mapping, shardings=shardings,
                        what="vlm3r_jax checkpoint")
-    return cfg, nnx.merge(graphdef, state)
+    from vlm3r_jax.models.host_init import fill_abstract_rng
+
+    return cfg, nnx.merge(graphdef, fill_abstract_rng(state))

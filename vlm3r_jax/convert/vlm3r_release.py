@@ -341,5 +341,7 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
         stray = sorted(used - mapped)
         if stray:
             raise CheckpointError(f"{lora_src.where()}: LoRA tensors for modules the model lacks: {stray[:10]}")
-    model = nnx.merge(graphdef, state)
+    from vlm3r_jax.models.host_init import fill_abstract_rng
+
+    model = nnx.merge(graphdef, fill_abstract_rng(state))
     return cfg, model, info

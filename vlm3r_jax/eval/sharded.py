@@ -67,18 +67,6 @@ class EvalExample:
         return {**rec, "example": ex}
 
 
-def _concrete(x: Any) -> Any:
-    """A placeholder value for a variable the checkpoint loader left abstract (``load_ours``
-    keeps e.g. the fusion Dropout's RNG state as a ``ShapeDtypeStruct``, which cannot be placed
-    on devices; decoding is deterministic, so its value is never used)."""
-    if not isinstance(x, jax.ShapeDtypeStruct):
-        return x
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        key = jax.random.key(0)
-        return key if x.shape == () else jax.random.split(key, x.shape)
-    return np.zeros(x.shape, x.dtype)
-
-
 def batch_shards(mesh: jax.sharding.Mesh, rules: sharding.LogicalRules = sharding.DEFAULT_RULES) -> int:
     """How many ways the ``batch`` rule splits a batch on ``mesh`` (e.g. data x fsdp)."""
     spec = sharding.logical_to_spec(("batch",), None, mesh, rules)
@@ -132,8 +120,7 @@ class ShardedVLM3RPredictor:
         )
         self.prepare = EvalExample(handle.tokenizer, self.pipeline_cfg, text_only)
         self.name = name or ("VLM-3R (ours, text only)" if text_only else "VLM-3R (ours)")
-        params = jax.tree_util.tree_map(_concrete, handle.params)
-        self.params = distributed.shard_state(params, self.mesh, self.rules)
+        self.params = distributed.shard_state(handle.params, self.mesh, self.rules)
         self._stop_ids, self._pad_id = stop_ids_array(vcfg.llm.eos_token_ids)
         self._generate = jax.jit(self._generate_impl, static_argnames=("max_new_tokens",))
 

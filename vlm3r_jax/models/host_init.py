@@ -64,3 +64,20 @@ def host_init(factory: Callable[[], M], seed: int = 0) -> M:
     """``factory`` builds the module (e.g. ``lambda: VLM3R(cfg, rngs=nnx.Rngs(0))``); it only runs
     abstractly. Returns a concrete module with parameters drawn by :func:`fill_random`."""
     return fill_random(nnx.eval_shape(factory), seed)
+
+
+def fill_abstract_rng(state: nnx.State, seed: int = 0) -> nnx.State:
+    """Checkpoint loaders fill only the Params of an ``nnx.eval_shape`` state; this gives the
+    rest (RNG keys and counts of dropout layers) concrete values so the model can be placed on
+    devices. Inference never draws from them; training re-seeds them from its config."""
+
+    def fill(v: Any) -> Any:
+        if not isinstance(v, nnx.Variable) or not isinstance(v.get_value(), jax.ShapeDtypeStruct):
+            return v
+        value = v.get_value()
+        if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+            key = jax.random.key(seed)
+            return v.replace(key if value.shape == () else jax.random.split(key, value.shape))
+        return v.replace(jnp.zeros(value.shape, value.dtype))
+
+    return jax.tree_util.tree_map(fill, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
