@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our compute/param dtype")
-    ap.add_argument("--attention", default="xla", choices=["xla", "cudnn", "auto", "reference"])
+    ap.add_argument("--attention", default="auto", choices=["xla", "cudnn", "cpu", "auto", "reference"])
     ap.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--torch-device", default="cpu")
     ap.add_argument("--skip-torch", action="store_true")

@@ -23,7 +23,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.llm = ml_collections.ConfigDict(dict(
         hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=256,
         rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=4096,
-        attention_impl="xla"))
+        attention_impl="auto"))
     m.vision = ml_collections.ConfigDict(dict(
         image_size=64, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, use_post_layernorm=False, use_head=False))

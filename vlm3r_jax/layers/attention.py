@@ -1,5 +1,12 @@
-"""Scaled dot-product attention: a fused path (``jax.nn.dot_product_attention``) and a plain
-einsum reference path that tests use to check it.
+"""Scaled dot-product attention: a fused path (``jax.nn.dot_product_attention``), a CPU path
+that loops over (batch, head) pairs, and a plain einsum reference path that tests use to check
+them.
+
+Why a CPU path: XLA:CPU computes the batched [B, N, Tq, Tk] score tensor and its softmax as
+separate passes over memory; for SigLIP's 729-token frames that is 3-4x slower than the matmuls
+themselves. One (batch, head) at a time keeps the [Tq, Tk] block in cache and runs at the
+matmul rate (about the speed of torch's CPU flash kernel); ``auto`` uses it on CPU for
+prefill-sized queries.
 
 Layout everywhere is ``[B, T, N, H]`` (batch, length, heads, head_dim). Grouped-query
 attention works when K/V have fewer heads than Q (``N_q % N_kv == 0``).
@@ -7,19 +14,66 @@ attention works when K/V have fewer heads than Q (``N_q % N_kv == 0``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("xla", "cudnn", "reference", "auto")
+IMPLEMENTATIONS = ("xla", "cudnn", "cpu", "reference", "auto")
+CPU_MIN_QUERIES = 64  # below this (decode steps) the per-head loop's overhead outweighs its gain
+
+
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("attention_target", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: str) -> Iterator[None]:
+    """Resolve ``auto`` for ``platform`` ("cpu", "gpu", "tpu") instead of the default backend,
+    e.g. when a CPU host compiles ahead of time for TPU devices."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
 
 
 def resolve_implementation(impl: str) -> str:
-    """``auto`` picks cuDNN flash attention on GPU and XLA elsewhere."""
+    """``auto`` picks cuDNN flash attention on GPU, the per-head loop on CPU, XLA elsewhere."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
     if impl == "auto":
-        return "cudnn" if jax.default_backend() == "gpu" else "xla"
+        platform = _TARGET_PLATFORM.get() or jax.default_backend()
+        return {"gpu": "cudnn", "cuda": "cudnn", "cpu": "cpu"}.get(platform, "xla")
     return impl
+
+
+def _per_head(q, k, v, mask, bias, scale):
+    """``lax.map`` over the B * Nq (batch, head) pairs; mask/bias as in :func:`_reference`."""
+    b, tq, nq, h = q.shape
+    rep = nq // k.shape[2]
+    qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, N, T, H]
+
+    def pick(x, i_b, i_n):
+        """x broadcastable to [B, N, Tq, Tk] -> its [Tq, Tk] block for (i_b, i_n)."""
+        x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+        return x[i_b if x.shape[0] > 1 else 0, i_n if x.shape[1] > 1 else 0]
+
+    def one(i):
+        i_b, i_n = i // nq, i % nq
+        qi = qt[i_b, i_n].astype(jnp.float32)
+        ki, vi = kt[i_b, i_n // rep].astype(jnp.float32), vt[i_b, i_n // rep].astype(jnp.float32)
+        s = (qi @ ki.T) * scale
+        if bias is not None:
+            s = s + pick(bias, i_b, i_n).astype(jnp.float32)
+        if mask is not None:
+            s = jnp.where(pick(mask, i_b, i_n), s, jnp.finfo(jnp.float32).min)
+        p = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        return ((p @ vi) / jnp.sum(p, axis=-1, keepdims=True)).astype(q.dtype)
+
+    out = jax.lax.map(one, jnp.arange(b * nq))  # [B * N, Tq, H]
+    return jnp.swapaxes(out.reshape(b, nq, tq, h), 1, 2)
 
 
 def _reference(q, k, v, mask, bias, scale):
@@ -60,6 +114,10 @@ def dot_product_attention(
         mask = causal if mask is None else jnp.logical_and(mask, causal)
     if impl == "reference":
         return _reference(q, k, v, mask, bias, scale)
+    if impl == "cpu":
+        if q.shape[1] >= CPU_MIN_QUERIES:
+            return _per_head(q, k, v, mask, bias, scale)
+        impl = "xla"
     if impl == "cudnn" and (q.dtype not in (jnp.bfloat16, jnp.float16)):
         impl = "xla"  # cuDNN flash attention supports half precision only
     # jax's fused path asserts the mask has four dims.

@@ -42,7 +42,7 @@ class FusionConfig:
     num_heads: int = 18  # hard-coded in the reference
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     @property
     def attn_dim(self) -> int:

@@ -73,7 +73,7 @@ class SiglipVisionConfig:
     num_layers_used: int | None = None
     use_post_layernorm: bool = True
     use_head: bool = True
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:

@@ -316,7 +316,10 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
         batch_sh[k] = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(names, v.shape, mesh, rules))
 
     step = jit_train_step(make_train_step(graphdef, tx, spec.loss_fn, schedule), state_sh, frozen_sh, batch_sh)
-    with sharding.use_mesh(mesh, rules):
+    from vlm3r_jax.layers.attention import target_platform
+
+    # attention_impl="auto" must resolve for the target devices, not for this (CPU) host
+    with sharding.use_mesh(mesh, rules), target_platform(devices[0].platform):
         t0 = time.perf_counter()
         lowered = step.lower(_with_sharding(state, state_sh), _with_sharding(frozen, frozen_sh),
                              _with_sharding(batch, batch_sh))

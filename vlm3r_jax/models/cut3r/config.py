@@ -64,7 +64,7 @@ class Cut3rConfig:
     # numerics / execution
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
