@@ -9,44 +9,18 @@ single-process run.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests._procs import launch, wait_all
 from vlm3r_jax.train import distributed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "tests", "multihost_train.py")
 STEPS, PREEMPT_AT = 5, 3
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env["PYTHONPATH"] = ROOT
-    return env
-
-
 def _launch(workdir, out, pid, nproc, port, preempt_at=0):
-    args = [sys.executable, SCRIPT, str(workdir), str(STEPS), str(out), str(pid), str(nproc), str(port),
-            str(preempt_at)]
-    return subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait(procs, timeout=400):
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-3000:]
-    return outs
+    return launch("multihost_train.py", workdir, STEPS, out, pid, nproc, port, preempt_at)
 
 
 def _pair(workdir, tag, tmp_path, preempt_at=0):
@@ -65,9 +39,9 @@ def test_two_processes_match_one_process_with_preemption_and_resume(tmp_path):
     single_out = tmp_path / "single.json"
     single = _launch(tmp_path / "single", single_out, 0, 1, 0)
     multi, first = _pair(tmp_path / "multi", "first", tmp_path, preempt_at=PREEMPT_AT)
-    _wait([single] + multi)
+    wait_all([single] + multi)
     resumed, second = _pair(tmp_path / "multi", "second", tmp_path)
-    outs = _wait(resumed)
+    outs = wait_all(resumed)
     assert "resumed from" in outs[0]
 
     ref = _load(single_out)

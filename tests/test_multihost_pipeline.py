@@ -6,15 +6,13 @@ own buckets differ); a pair restarted from the saved iterator states continues e
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from test_tokenizer import build_small_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "tests", "multihost_pipeline.py")
+from tests._procs import launch, wait_all
+
 N_RECORDS, GLOBAL_BATCH, NPROC = 12, 4, 2
 
 
@@ -30,28 +28,8 @@ def _write_data(root):
                 {"from": "human", "value": f"<image>\nHow many {words}?"}, {"from": "gpt", "value": str(i)}]}) + "\n")
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env["PYTHONPATH"] = ROOT
-    return env
-
-
 def _launch(data, out, pid, nproc, port, phase):
-    args = [sys.executable, SCRIPT, str(data), str(out), str(pid), str(nproc), str(port), phase]
-    return subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait(procs, timeout=300):
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-3000:]
+    return launch("multihost_pipeline.py", data, out, pid, nproc, port, phase)
 
 
 def _pair(data, tag, tmp_path, phase):
@@ -73,12 +51,12 @@ def test_two_hosts_shard_by_process_and_resume(tmp_path):
     single_out = tmp_path / "single.json"
     single = _launch(data, single_out, 0, 1, 0, "all")
     first, first_outs = _pair(data, "first", tmp_path, "first")
-    _wait([single] + first)
+    wait_all([single] + first)
     # the restart: a fresh pair of processes restores each host's saved iterator state
     for i in range(NPROC):
         os.replace(f"{first_outs[i]}.state", tmp_path / f"second{i}.json.state")
     second, second_outs = _pair(data, "second", tmp_path, "second")
-    _wait(second)
+    wait_all(second)
 
     ref = _load(single_out)
     assert ref["process_count"] == 1
