@@ -44,6 +44,7 @@ from vlm3r_jax.convert.assign import flat_arrays
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.safetensors_io import save_safetensors
 from vlm3r_jax.convert.torch_save import save_torch
+from vlm3r_jax.models.fusion import reference_heads
 
 BASE_DIR = "base_llava_video_qwen2"
 LORA_DIR = "vlm3r_lora"
@@ -56,7 +57,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 LAYOUTS = ("release", "merged")
 # values the reference hard-codes; other values are written under extra config keys that only
 # vlm3r_jax reads (the official code would silently use its constants)
-REFERENCE_FUSION_HEADS = 18
 REFERENCE_GEOMETRY_SIZE = (432, 432)
 DEFAULT_VISION_TOWER = "google/siglip-so400m-patch14-384"
 
@@ -291,7 +291,7 @@ def vlm3r_config_json(cfg: Any, *, vocab_rows: int, template: dict | None = None
             "tune_fusion_block": True,
             "tune_spatial_tower": False,
         })
-        if cfg.fusion.num_heads != REFERENCE_FUSION_HEADS:
+        if reference_heads(cfg.fusion.fusion_block) and cfg.fusion.num_heads != reference_heads(cfg.fusion.fusion_block):
             d["fusion_num_heads"] = cfg.fusion.num_heads
         if tuple(cfg.geometry_image_size) != REFERENCE_GEOMETRY_SIZE:
             d["spatial_tower_image_size"] = list(cfg.geometry_image_size)
@@ -303,8 +303,9 @@ def reference_incompatibilities(cfg: Any) -> list[str]:
     keys only vlm3r_jax reads."""
     out = []
     if cfg.geometry is not None:
-        if cfg.fusion.num_heads != REFERENCE_FUSION_HEADS:
-            out.append(f"fusion num_heads={cfg.fusion.num_heads} (reference: 18)")
+        heads = reference_heads(cfg.fusion.fusion_block)
+        if heads and cfg.fusion.num_heads != heads:
+            out.append(f"fusion num_heads={cfg.fusion.num_heads} (reference: {heads})")
         if tuple(cfg.geometry_image_size) != REFERENCE_GEOMETRY_SIZE:
             out.append(f"geometry_image_size={tuple(cfg.geometry_image_size)} (reference: 432x432)")
     if cfg.vision.num_patches_per_side != 27:

@@ -159,7 +159,7 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     sources and facts the loader needs."""
     from data_pipeline.tokenizer import QwenTokenizer
     from vlm3r_jax.convert import cut3r_ckpt
-    from vlm3r_jax.models.fusion import FusionConfig
+    from vlm3r_jax.models.fusion import FusionConfig, reference_heads
     from vlm3r_jax.models.lora import LoRAConfig
     from vlm3r_jax.models.projector import ProjectorConfig
     from vlm3r_jax.models.qwen2 import Qwen2Config
@@ -194,11 +194,13 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     # fusion_num_heads / spatial_tower_image_size: written by our export only when they differ from
     # the constants the reference hard-codes (18 heads, 432x432)
     try:
-        fusion = FusionConfig(fusion_block=cj.get("fusion_block", "cross_attention"),
+        block = cj.get("fusion_block", "cross_attention")
+        fusion = FusionConfig(fusion_block=block,
                               d_clip=int(cj.get("mm_hidden_size", vision.hidden_size)),
                               d_spatial=int(cj.get("spatial_feature_dim", 768)),
-                              num_heads=int(cj.get("fusion_num_heads", 18)))
-    except ValueError as e:
+                              num_heads=int(cj.get("fusion_num_heads", reference_heads(block))),
+                              d_llm=int(cj["hidden_size"]) if "hidden_size" in cj else None)
+    except (ValueError, KeyError) as e:
         raise CheckpointError(f"{cfg_path}: {e}") from e
     spatial = cj.get("spatial_tower") or cj.get("mm_spatial_tower")
     if spatial:
