@@ -296,3 +296,22 @@ def test_random_config_round_trip(tmp_path, idx):
     assert rm.cfg.lora is None
     got = fwd(rm)
     assert float(np.max(np.abs(got - want))) <= 1e-5 * max(1.0, float(np.max(np.abs(want))))
+
+
+@pytest.mark.torch
+def test_torch_load_reads_the_exported_release(golden, tmp_path):
+    torch = pytest.importorskip("torch")
+    _, _, model = golden
+    paths = model.export(str(tmp_path / "rel"), passthrough=False, dtype="bfloat16")
+    for path in (os.path.join(paths["lora"], "adapter_model.bin"), os.path.join(paths["lora"], "non_lora_trainables.bin"),
+                 paths["geometry"]):
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            t = torch.load(path, map_location="cpu", weights_only=True)
+        ours = load_torch_pickle(path, allow_namespace=True)
+        sd_t, sd_o = (t["model"], ours["model"]) if "model" in t else (t, ours)
+        assert sorted(sd_t) == sorted(sd_o) and len(sd_o) > 10
+        for k, v in sd_o.items():
+            assert sd_t[k].dtype == torch.bfloat16 and tuple(sd_t[k].shape) == v.shape, k
+            np.testing.assert_array_equal(sd_t[k].float().numpy(), v.astype(np.float32), err_msg=k)
+        if "args" in t:
+            assert t["args"].model.startswith("ARCroco3DStereo(ARCroco3DStereoConfig(")
