@@ -53,13 +53,13 @@ def spec(tiny: bool, frames: int | None, new_tokens: int | None) -> dict:
             llm=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=512),
             frames=2, new_tokens=4, prompt_len=24)
-    else:  # ~100M parameters: SigLIP 6.0M, CUT3R 27M, fusion 0.6M, projector 0.4M, Qwen2 64M
+    else:  # ~100M parameters (see the PARAMS line of the output for the split)
         s = dict(
             siglip=dict(hidden_size=288, intermediate_size=1152, num_hidden_layers=6, num_attention_heads=4),
-            cut3r=dict(enc_embed_dim=384, enc_depth=8, enc_num_heads=6, dec_embed_dim=256, dec_depth=6,
+            cut3r=dict(enc_embed_dim=384, enc_depth=6, enc_num_heads=6, dec_embed_dim=256, dec_depth=4,
                        dec_num_heads=4, state_size=256, state_dec_num_heads=4, local_mem_size=64, ray_enc_depth=1),
             llm=dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=12, num_attention_heads=8,
-                     num_key_value_heads=2, vocab_size=32000),
+                     num_key_value_heads=2, vocab_size=24000),
             frames=8, new_tokens=16, prompt_len=64)
     s["siglip"].update(image_size=384, patch_size=14)
     s["fusion_heads"] = 18
@@ -123,10 +123,11 @@ def build_ours(s: dict):
     # abstract construction + host random values: jax's initializers compile one program per shape
     model = nnx.eval_shape(lambda: VLM3R(cfg, rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(0)
-    n = 0
+    n: dict[str, int] = {}
     for path, var in flat_variables(nnx.state(model, nnx.Param)).items():
         v = var.get_value()
-        n += int(np.prod(v.shape))
+        top = path.split(".")[0]
+        n[top] = n.get(top, 0) + int(np.prod(v.shape))
         val = (1.0 if path.endswith("scale") else 0.0) + 0.02 * rng.standard_normal(v.shape)
         var.set_value(jnp.asarray(val, v.dtype))
     return model, n
@@ -270,7 +271,8 @@ def main() -> None:
             ref_error = str(e)
     else:
         ours = bench_ours(s, args.repeats)
-    print(f"VLM-3R forward, {ours['params'] / 1e6:.1f}M params (ours), {s['frames']} frames, prompt {s['prompt_len']} "
+    print("PARAMS " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in ours["params"].items()))
+    print(f"VLM-3R forward, {sum(ours['params'].values()) / 1e6:.1f}M params (ours), {s['frames']} frames, prompt {s['prompt_len']} "
           f"-> {ours['spliced_len']} tokens, {s['new_tokens']} new tokens, {ours['backend']} float32")
     head = f"{'stage':18s} {'ours s':>10s} {'compile s':>10s}"
     if ref:
