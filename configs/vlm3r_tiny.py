@@ -35,7 +35,8 @@ def model_config() -> ml_collections.ConfigDict:
     m.projector = ml_collections.ConfigDict(dict(
         projector_type="mlp2x_gelu", pool_mode="bilinear", pool_stride=2, patch_merge_type="spatial_unpad",
         newline_position="grid"))
-    m.fusion = ml_collections.ConfigDict(dict(num_heads=4, dropout=0.1))
+    # fusion_block: one of vlm3r_jax.models.fusion.FUSION_BLOCKS (docs/fusion_variants.md)
+    m.fusion = ml_collections.ConfigDict(dict(fusion_block="cross_attention", num_heads=4, dropout=0.1))
     m.spatial_select = "all"
     m.model_max_length = 4096
     m.lora = ml_collections.ConfigDict(dict(enabled=False, rank=8, alpha=16.0, dropout=0.05))

@@ -132,6 +132,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return ref
 
 
+_WHOLE = object()  # to_numpy's default (None is a legitimate value inside a checkpoint)
+
+
 def _flatten(obj: Any, prefix: str, out: dict[str, TensorRef]) -> None:
     if isinstance(obj, TensorRef):
         out[prefix[:-1]] = obj
@@ -255,9 +258,9 @@ class TorchPickleSource:
         )
         return np.array(view, copy=True)
 
-    def to_numpy(self, obj: Any = None) -> Any:
+    def to_numpy(self, obj: Any = _WHOLE) -> Any:
         """``obj`` (default: the whole file) with every TensorRef replaced by a numpy array."""
-        obj = self.obj if obj is None else obj
+        obj = self.obj if obj is _WHOLE else obj
         if isinstance(obj, TensorRef):
             return self.materialize(obj)
         if isinstance(obj, collections.OrderedDict):

@@ -42,8 +42,14 @@ def _rows(i: int):
     return fn
 
 
-def fusion_mapping(prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Src]:
-    """Our CrossAttentionFusion param paths (under ``ours``) -> reference keys (under ``prefix``)."""
+def fusion_mapping(prefix: str = "model.fusion_block.", ours: str = "", state: Any = None) -> dict[str, Src]:
+    """Our fusion-block param paths (under ``ours``) -> reference keys (under ``prefix``). Without
+    ``state`` the CrossAttentionFusion names; with the (abstract) state of any fusion variant, the
+    map derived from its parameter paths (:func:`vlm3r_jax.models.fusion.reference_mapping`)."""
+    if state is not None:
+        from vlm3r_jax.models.fusion import reference_mapping
+
+        return reference_mapping(state, prefix, ours)
     m: dict[str, Src] = {}
     for name in ("clip_norm", "spatial_encoder_norm", "out_norm"):
         m[f"{ours}{name}.scale"] = Src(f"{prefix}{name}.weight")
@@ -153,7 +159,7 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     sources and facts the loader needs."""
     from data_pipeline.tokenizer import QwenTokenizer
     from vlm3r_jax.convert import cut3r_ckpt
-    from vlm3r_jax.models.fusion import FusionConfig
+    from vlm3r_jax.models.fusion import FusionConfig, reference_heads
     from vlm3r_jax.models.lora import LoRAConfig
     from vlm3r_jax.models.projector import ProjectorConfig
     from vlm3r_jax.models.qwen2 import Qwen2Config
@@ -185,14 +191,21 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
                                         attention_impl="xla")
     projector = ProjectorConfig.from_llava_config(cj, num_patches_per_side=vision.num_patches_per_side)
     geo_cfg = None
-    fusion = FusionConfig(d_clip=int(cj.get("mm_hidden_size", vision.hidden_size)),
-                          d_spatial=int(cj.get("spatial_feature_dim", 768)))
+    # fusion_num_heads / spatial_tower_image_size: written by our export only when they differ from
+    # the constants the reference hard-codes (18 heads, 432x432)
+    try:
+        block = cj.get("fusion_block", "cross_attention")
+        fusion = FusionConfig(fusion_block=block,
+                              d_clip=int(cj.get("mm_hidden_size", vision.hidden_size)),
+                              d_spatial=int(cj.get("spatial_feature_dim", 768)),
+                              num_heads=int(cj.get("fusion_num_heads", reference_heads(block))),
+                              d_llm=int(cj["hidden_size"]) if "hidden_size" in cj else None)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from e
     spatial = cj.get("spatial_tower") or cj.get("mm_spatial_tower")
     if spatial:
         if spatial != "cut3r":
             raise CheckpointError(f"{cfg_path}: spatial_tower {spatial!r} is not supported (only 'cut3r')")
-        if cj.get("fusion_block", "cross_attention") != "cross_attention":
-            raise CheckpointError(f"{cfg_path}: fusion_block {cj.get('fusion_block')!r} is not supported")
         if geometry is None:
             raise FileNotFoundError(f"{cfg_path} uses spatial_tower=cut3r: pass geometry=<path of the CUT3R .pth>")
         kwargs, geo_src = cut3r_ckpt.open_checkpoint(geometry)
@@ -213,6 +226,7 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     cfg = VLM3RConfig(
         llm=llm, vision=vision, projector=projector, fusion=fusion, geometry=geo_cfg,
         spatial_select=cj.get("spatial_tower_select_feature", "all"),
+        geometry_image_size=tuple(int(x) for x in cj.get("spatial_tower_image_size", (432, 432))),
         model_max_length=int(cj.get("tokenizer_model_max_length", 32768)), lora=lora)
     info = dict(base=base, base_dir=base_dir, lora_dir=lora_dir, geometry=geometry, lora=lora_info,
                 tokenizer_dir=base_dir, config_json=cj)
@@ -315,9 +329,13 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
     state["mm_projector"] = load_state(state["mm_projector"], DictSource(proj, name=f"{base_dir} + {non_lora.where()}"),
                                        projector_mapping(cfg.projector), dtype=jdt, what="projector")
     if cfg.geometry is not None:
-        fusion_src = DictSource({k: non_lora.get(k) for k in non_lora.keys() if k.startswith("model.fusion_block.")},
-                                name=non_lora.where())
-        state["fusion_block"] = load_state(state["fusion_block"], fusion_src, fusion_mapping(), dtype=jdt,
+        fusion_keys = [k for k in non_lora.keys() if k.startswith("model.fusion_block.")]
+        if fusion_keys:
+            fusion_src = DictSource({k: non_lora.get(k) for k in fusion_keys}, name=non_lora.where())
+        else:  # a merged / fully fine-tuned directory keeps the fusion block in its safetensors
+            fusion_src = DictSource({k: base.get(k) for k in base.keys() if k.startswith("model.fusion_block.")},
+                                    name=base.where())
+        state["fusion_block"] = load_state(state["fusion_block"], fusion_src, fusion_mapping(state=state["fusion_block"]), dtype=jdt,
                                            what="fusion block (non_lora_trainables.bin)")
         _, geo_src = cut3r_ckpt.open_checkpoint(info["geometry"])
         state["spatial_tower"] = load_state(state["spatial_tower"], geo_src,

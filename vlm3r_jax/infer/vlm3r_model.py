@@ -44,6 +44,20 @@ def _left_align(embeds: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Arra
     return emb, new_mask
 
 
+def _is_llava_dir(path: str) -> bool:
+    """A directory with a LLaVA-Qwen config.json and safetensors weights."""
+    import json
+
+    cfg = os.path.join(path, "config.json")
+    if not os.path.exists(cfg) or not any(f.endswith(".safetensors") for f in os.listdir(path)):
+        return False
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            return json.load(f).get("model_type") == "llava_qwen"
+    except (OSError, ValueError):
+        return False
+
+
 class VLM3RModel:
     """A loaded VLM-3R for notebooks and scripts (see docs/architecture.md, Public API)."""
 
@@ -76,6 +90,13 @@ class VLM3RModel:
             return cls._from_ours(path, dtype=dtype, num_frames=num_frames)
         released = any(os.path.exists(os.path.join(path, f)) for f in
                        ("adapter_config.json", "non_lora_trainables.bin"))
+        if not released and base is None and _is_llava_dir(path):
+            # a merged export / full fine-tune: the LLaVA-Video-Qwen2 dir is the whole model
+            released, base, path = True, path, None
+        if released and geometry is None:
+            from vlm3r_jax.convert.vlm3r_export import find_geometry
+
+            geometry = find_geometry(path or base)
         if not released and base is None:
             raise FileNotFoundError(
                 f"{path} is neither a vlm3r_jax checkpoint (no {OURS_CONFIG}) nor a released VLM-3R LoRA dir "
@@ -83,6 +104,8 @@ class VLM3RModel:
                 "base=<LLaVA-Video-Qwen2 dir> and geometry=<CUT3R .pth>.")
         if base is None:
             raise FileNotFoundError(f"{path} is a released LoRA dir: pass base=<the LLaVA-Video-Qwen2 base directory>")
+        if path is not None and os.path.abspath(path) == os.path.abspath(base):
+            path = None
         from vlm3r_jax.convert.vlm3r_release import load_release
 
         cfg, model, info = load_release(path, base, geometry, dtype=dtype, vision_config=vision_config,
@@ -112,6 +135,20 @@ class VLM3RModel:
         from vlm3r_jax.convert.vlm3r_ours import save_ours
 
         save_ours(path, self.cfg, nnx.merge(self.graphdef, self.params), self.tokenizer)
+
+    def export(self, out_dir: str, layout: str = "release", **kwargs: Any) -> dict[str, str | None]:
+        """Writes the model in the official VLM-3R layout (``layout="release"``: base
+        LLaVA-Video-Qwen2 dir + PEFT LoRA dir with ``non_lora_trainables.bin`` + CUT3R ``.pth``;
+        needs attached adapters, e.g. ``load_vlm3r(..., keep_lora=True)``) or as one merged
+        LLaVA-Video-Qwen2 dir (``layout="merged"``, LoRA folded into the weights). Tensors the model
+        does not hold are copied from the checkpoint it was loaded from (``passthrough=True``).
+        Returns ``{"base", "lora", "geometry"}`` paths for :func:`vlm3r_jax.api.load_vlm3r`.
+        See docs/export.md for the options (``adapter_format``, ``dtype``, ...)."""
+        from vlm3r_jax.convert.vlm3r_export import export
+
+        kwargs.setdefault("tokenizer", self.tokenizer)
+        kwargs.setdefault("source", self.info or None)
+        return export(self.model, out_dir, layout=layout, **kwargs)
 
     @property
     def video_token_id(self) -> int:

@@ -18,6 +18,7 @@ videos): attention never crosses frames.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import jax
@@ -28,7 +29,28 @@ from flax import nnx
 from vlm3r_jax import sharding
 from vlm3r_jax.layers import LayerNorm, Linear, dot_product_attention
 
-FUSION_BLOCKS = ("cross_attention",)
+# config ``fusion_block`` -> (heads the reference hard-codes, where it runs, which CUT3R tokens it sees).
+# "before": on the SigLIP features, then the projector; "after": on the projected features
+# (``encode_images`` runs mm_projector first for these). Tokens: "select" = per
+# ``spatial_tower_select_feature``; "all" = camera + patch (the reference fuses ``transformer`` only
+# then); "patch" = the 729 patch tokens, whatever the selection.
+FUSION_VARIANTS: dict[str, tuple[int, str, str]] = {
+    "cross_attention": (18, "before", "select"),
+    "cross_attention_with_mlp": (18, "before", "patch"),
+    "transformer": (18, "before", "all"),
+    "mlp_after_clip_proj": (0, "after", "patch"),
+    "concat_mlp": (0, "after", "patch"),
+    "concat_self_attention": (36, "after", "patch"),
+}
+FUSION_BLOCKS = tuple(FUSION_VARIANTS)
+# Reference choices that are not built here: they need other inputs (point maps) or a deeper
+# multi-layer stack (llava_3d_fusion_block, video_3d_llm_fusion_block, <N>_layer_cross_attention).
+UNSUPPORTED_FUSION_BLOCKS = ("llava_3d_fusion_block", "video_3d_llm_fusion_block", "<N>_layer_cross_attention")
+
+
+def reference_heads(fusion_block: str) -> int:
+    """The head count the reference hard-codes for ``fusion_block`` (0: no attention)."""
+    return FUSION_VARIANTS[fusion_block][0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,19 +61,38 @@ class FusionConfig:
     d_clip: int = 1152  # mm_hidden_size (SigLIP width)
     d_spatial: int = 768  # spatial_feature_dim (CUT3R decoder width)
     d_attn: int | None = None  # None -> d_clip, as in the reference
-    num_heads: int = 18  # hard-coded in the reference
+    num_heads: int = 18  # hard-coded in the reference (36 for concat_self_attention)
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
     attention_impl: str = "auto"
+    d_llm: int | None = None  # LLM width, for the variants that run after the projector
+    mlp_ratio: float = 4.0  # cross_attention_with_mlp / transformer / concat_mlp hidden = ratio * width
 
     @property
     def attn_dim(self) -> int:
         return self.d_attn or self.d_clip
 
+    @property
+    def after_projector(self) -> bool:
+        return FUSION_VARIANTS[self.fusion_block][1] == "after"
+
+    @property
+    def token_policy(self) -> str:
+        return FUSION_VARIANTS[self.fusion_block][2]
+
     def __post_init__(self):
-        if self.fusion_block not in FUSION_BLOCKS:
-            raise ValueError(f"unknown fusion_block {self.fusion_block!r}; supported: {FUSION_BLOCKS}")
-        if self.attn_dim % self.num_heads:
+        if self.fusion_block not in FUSION_VARIANTS:
+            raise ValueError(
+                f"unknown fusion_block {self.fusion_block!r}; valid choices: {list(FUSION_VARIANTS)} "
+                f"(reference blocks not implemented here: {list(UNSUPPORTED_FUSION_BLOCKS)})"
+            )
+        if self.after_projector:
+            if self.fusion_block == "concat_self_attention" and self.d_llm and (2 * self.d_llm) % self.num_heads:
+                raise ValueError(
+                    f"concat_self_attention attends over 2 * d_llm = {2 * self.d_llm} channels, not divisible by "
+                    f"num_heads={self.num_heads} (the reference hard-codes 36)"
+                )
+        elif self.attn_dim % self.num_heads:
             raise ValueError(
                 f"fusion attention width {self.attn_dim} is not divisible by num_heads={self.num_heads} "
                 "(the reference hard-codes 18 heads, so mm_hidden_size must be a multiple of 18)"
@@ -111,3 +152,242 @@ class CrossAttentionFusion(nnx.Module):
         v = self.spatial_encoder_value_proj(sn)
         a = self.cross_attention(q, k, v, kv_mask)
         return self.dropout(self.out_norm(self.out_proj(a)) + x)
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)  # torch nn.GELU() default: exact erf
+
+
+class _MLP(nnx.Module):
+    """The reference ``MLP`` of cross_attention_mlp.py: fc1 -> GELU -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, drop: float, *, param_dtype: Any, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = Linear(d_in, d_hidden, axes=("embed", "mlp"), **kw)
+        self.fc2 = Linear(d_hidden, d_out, axes=("mlp", "embed"), **kw)
+        self.dropout1 = nnx.Dropout(drop, deterministic=True, rngs=rngs)
+        self.dropout2 = nnx.Dropout(drop, deterministic=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.dropout2(self.fc2(self.dropout1(_gelu(self.fc1(x)))))
+
+
+def _sequential(d_in: int, d_hidden: int, d_out: int, *, param_dtype: Any, rngs: nnx.Rngs) -> nnx.List:
+    """``nn.Sequential(Linear, act, Linear)``: index 1 (the activation) holds no weights, so the
+    parameter paths are ``0.*`` and ``2.*`` as in the torch state dict."""
+    kw = dict(param_dtype=param_dtype, rngs=rngs)
+    return nnx.List([Linear(d_in, d_hidden, axes=("embed", "mlp"), **kw), None,
+                     Linear(d_hidden, d_out, axes=("mlp", "embed"), **kw)])
+
+
+def _run_sequential(seq: nnx.List, x: jax.Array, act) -> jax.Array:
+    return seq[2](act(seq[0](x)))
+
+
+class CrossAttentionFusionWithMLP(nnx.Module):
+    """``cross_attention_with_mlp``: the q/k/v projections are 2-layer GELU MLPs (hidden
+    ``mlp_ratio * d_attn``), then ``y = x + dropout(out_proj(out_norm_attn(attn)))``. ``out_norm``
+    exists in the reference (and its checkpoints) but is never applied."""
+
+    def __init__(self, cfg: FusionConfig, *, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, kw = cfg.attn_dim, dict(param_dtype=param_dtype, rngs=rngs)
+        hidden = int(d * cfg.mlp_ratio)
+        self.clip_norm = LayerNorm(cfg.d_clip, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        self.spatial_encoder_norm = LayerNorm(cfg.d_spatial, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        self.clip_query_proj = _MLP(cfg.d_clip, hidden, d, cfg.dropout, **kw)
+        self.spatial_encoder_key_proj = _MLP(cfg.d_spatial, hidden, d, cfg.dropout, **kw)
+        self.spatial_encoder_value_proj = _MLP(cfg.d_spatial, hidden, d, cfg.dropout, **kw)
+        self.cross_attention = MultiHeadAttention(d, cfg.num_heads, impl=cfg.attention_impl, **kw)
+        self.out_norm = LayerNorm(cfg.d_clip, eps=cfg.layer_norm_eps, param_dtype=param_dtype)  # unused
+        self.out_norm_attn = LayerNorm(d, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        self.out_proj = Linear(d, cfg.d_clip, axes=("mlp", "embed"), **kw)
+        self.dropout = nnx.Dropout(cfg.dropout, deterministic=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array, z: jax.Array, kv_mask: jax.Array | None = None) -> jax.Array:
+        """x [B, P, Dc], z [B, G, Ds] -> [B, P, Dc]."""
+        z = z.astype(x.dtype)
+        qn, sn = self.clip_norm(x), self.spatial_encoder_norm(z)
+        a = self.cross_attention(self.clip_query_proj(qn), self.spatial_encoder_key_proj(sn),
+                                 self.spatial_encoder_value_proj(sn), kv_mask)
+        return x + self.dropout(self.out_proj(self.out_norm_attn(a)))
+
+
+class TransformerFusion(nnx.Module):
+    """``transformer``: r = dropout(attn) + x; y = dropout(ffn(out_norm(r))) + r with
+    ``ffn = Linear(d, 4d) -> ReLU -> Linear(4d, Dc)`` (no outer out_proj)."""
+
+    def __init__(self, cfg: FusionConfig, *, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, kw = cfg.attn_dim, dict(param_dtype=param_dtype, rngs=rngs)
+        if d != cfg.d_clip:
+            raise ValueError(f"transformer fusion adds the attention output to x: d_attn {d} must equal d_clip {cfg.d_clip}")
+        self.clip_norm = LayerNorm(cfg.d_clip, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        self.spatial_encoder_norm = LayerNorm(cfg.d_spatial, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        self.clip_query_proj = Linear(cfg.d_clip, d, axes=("embed", "mlp"), **kw)
+        self.spatial_encoder_key_proj = Linear(cfg.d_spatial, d, axes=("embed", "mlp"), **kw)
+        self.spatial_encoder_value_proj = Linear(cfg.d_spatial, d, axes=("embed", "mlp"), **kw)
+        self.cross_attention = MultiHeadAttention(d, cfg.num_heads, impl=cfg.attention_impl, **kw)
+        self.out_norm = LayerNorm(d, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        self.ffn = _sequential(d, int(cfg.mlp_ratio * d), cfg.d_clip, **kw)
+        self.dropout = nnx.Dropout(cfg.dropout, deterministic=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array, z: jax.Array, kv_mask: jax.Array | None = None) -> jax.Array:
+        """x [B, P, Dc], z [B, G, Ds] -> [B, P, Dc]."""
+        z = z.astype(x.dtype)
+        qn, sn = self.clip_norm(x), self.spatial_encoder_norm(z)
+        a = self.cross_attention(self.clip_query_proj(qn), self.spatial_encoder_key_proj(sn),
+                                 self.spatial_encoder_value_proj(sn), kv_mask)
+        r = self.dropout(a) + x
+        return self.dropout(_run_sequential(self.ffn, self.out_norm(r), jax.nn.relu)) + r
+
+
+class MLPFusion(nnx.Module):
+    """``mlp_after_clip_proj`` (after the projector): y = x + MLP(patch tokens), the MLP being
+    ``Linear(Ds, D) -> GELU -> Linear(D, D)`` (``spatial_features_mlp``)."""
+
+    def __init__(self, cfg: FusionConfig, *, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.spatial_features_mlp = _sequential(cfg.d_spatial, cfg.d_llm, cfg.d_llm, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, z: jax.Array, kv_mask: jax.Array | None = None) -> jax.Array:
+        """x projected features [B, P, D], z patch tokens [B, P, Ds] (same P) -> [B, P, D]."""
+        _same_tokens(x, z, self.cfg.fusion_block)
+        return x + _run_sequential(self.spatial_features_mlp, z.astype(x.dtype), _gelu)
+
+
+class ConcatMLPFusion(nnx.Module):
+    """``concat_mlp`` (after the projector): y = fusion_mlp([x, proj(z)]) with
+    ``spatial_features_proj_mlp = Linear(Ds, D) -> GELU -> Linear(D, D)`` and
+    ``fusion_mlp = Linear(2D, 4D) -> GELU -> Linear(4D, D)``."""
+
+    def __init__(self, cfg: FusionConfig, *, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, kw = cfg.d_llm, dict(param_dtype=param_dtype, rngs=rngs)
+        self.spatial_features_proj_mlp = _sequential(cfg.d_spatial, d, d, **kw)
+        self.fusion_mlp = _sequential(2 * d, int(cfg.mlp_ratio * d), d, **kw)
+
+    def __call__(self, x: jax.Array, z: jax.Array, kv_mask: jax.Array | None = None) -> jax.Array:
+        """x [B, P, D], z [B, P, Ds] -> [B, P, D]."""
+        _same_tokens(x, z, self.cfg.fusion_block)
+        s = _run_sequential(self.spatial_features_proj_mlp, z.astype(x.dtype), _gelu)
+        return _run_sequential(self.fusion_mlp, jnp.concatenate([x, s], axis=-1), _gelu)
+
+
+class ConcatSelfAttentionFusion(nnx.Module):
+    """``concat_self_attention`` (after the projector): c = [x, proj(z)] (2D channels);
+    r = dropout(MHA(LN(c))) + c; y = output_proj(post_attn_norm(r)). The reference's dropout on
+    the attention weights (training only) is not applied; evaluation is exact."""
+
+    def __init__(self, cfg: FusionConfig, *, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, kw = cfg.d_llm, dict(param_dtype=param_dtype, rngs=rngs)
+        self.spatial_features_proj_mlp = _sequential(cfg.d_spatial, d, d, **kw)
+        self.pre_attn_norm = LayerNorm(2 * d, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        self.self_attention = MultiHeadAttention(2 * d, cfg.num_heads, impl=cfg.attention_impl, **kw)
+        self.post_attn_norm = LayerNorm(2 * d, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        self.output_proj = Linear(2 * d, d, axes=("mlp", "embed"), **kw)
+        self.dropout = nnx.Dropout(cfg.dropout, deterministic=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array, z: jax.Array, kv_mask: jax.Array | None = None) -> jax.Array:
+        """x [B, P, D], z [B, P, Ds] -> [B, P, D]."""
+        _same_tokens(x, z, self.cfg.fusion_block)
+        s = _run_sequential(self.spatial_features_proj_mlp, z.astype(x.dtype), _gelu)
+        c = jnp.concatenate([x, s], axis=-1)
+        n = self.pre_attn_norm(c)
+        r = self.dropout(self.self_attention(n, n, n)) + c
+        return self.output_proj(self.post_attn_norm(r))
+
+
+def _same_tokens(x: jax.Array, z: jax.Array, name: str) -> None:
+    if x.shape[:-1] != z.shape[:-1]:
+        raise ValueError(
+            f"{name} fuses token by token: features {tuple(x.shape)} and CUT3R patch tokens {tuple(z.shape)} must "
+            "have the same [frames, tokens] (the SigLIP grid must equal the CUT3R patch grid)"
+        )
+
+
+_CLASSES = {
+    "cross_attention": CrossAttentionFusion,
+    "cross_attention_with_mlp": CrossAttentionFusionWithMLP,
+    "transformer": TransformerFusion,
+    "mlp_after_clip_proj": MLPFusion,
+    "concat_mlp": ConcatMLPFusion,
+    "concat_self_attention": ConcatSelfAttentionFusion,
+}
+
+
+def build_fusion(cfg: FusionConfig, *, d_llm: int | None = None, param_dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs) -> nnx.Module:
+    """The fusion block named by ``cfg.fusion_block`` (``d_llm``: the LLM width, used by the
+    variants that run after the projector when ``cfg.d_llm`` is unset)."""
+    if cfg.after_projector and cfg.d_llm is None:
+        if d_llm is None:
+            raise ValueError(f"fusion_block {cfg.fusion_block!r} runs after the projector: give d_llm (LLM width)")
+        cfg = dataclasses.replace(cfg, d_llm=d_llm)
+    return _CLASSES[cfg.fusion_block](cfg, param_dtype=param_dtype, rngs=rngs)
+
+
+# --- reference state-dict names ----------------------------------------------------------------------
+# Our parameter paths mirror the reference module tree; the differences are mechanical: Linear
+# ``kernel`` [in, out] <-> torch ``weight`` [out, in], LayerNorm ``scale`` <-> ``weight``, and the
+# q/k/v projections of an ``nn.MultiheadAttention`` (``cross_attention`` / ``self_attention``), which
+# torch packs into one ``in_proj_weight`` [3d, d] / ``in_proj_bias`` [3d] (q, k, v row blocks).
+_MHA_IN = re.compile(r"^(.*\b(?:cross_attention|self_attention))\.([qkv])_proj\.(kernel|bias)$")
+
+
+def reference_name(path: str) -> tuple[str, int | None, bool]:
+    """Our param path -> (reference key, q/k/v block index or None, transpose?)."""
+    m = _MHA_IN.match(path)
+    if m:
+        block = "qkv".index(m.group(2))
+        return f"{m.group(1)}.in_proj_{'weight' if m.group(3) == 'kernel' else 'bias'}", block, m.group(3) == "kernel"
+    if path.endswith(".kernel"):
+        return path[: -len(".kernel")] + ".weight", None, True
+    if path.endswith(".scale"):
+        return path[: -len(".scale")] + ".weight", None, False
+    return path, None, False
+
+
+def export_fusion(module: nnx.Module) -> dict[str, Any]:
+    """A fusion block's parameters as the reference state dict (numpy, torch layouts, no prefix)."""
+    import numpy as np
+
+    from vlm3r_jax.convert.assign import flat_arrays
+
+    flat = flat_arrays(nnx.state(module, nnx.Param))
+    out: dict[str, Any] = {}
+    packed: dict[str, dict[int, Any]] = {}
+    for path, arr in flat.items():
+        key, block, t = reference_name(path)
+        arr = np.swapaxes(arr, 0, 1) if t else arr
+        if block is None:
+            out[key] = np.ascontiguousarray(arr)
+        else:
+            packed.setdefault(key, {})[block] = arr
+    for key, blocks in packed.items():
+        if sorted(blocks) != [0, 1, 2]:
+            raise ValueError(f"fusion export: {key} needs q, k and v blocks, got {sorted(blocks)}")
+        out[key] = np.ascontiguousarray(np.concatenate([blocks[0], blocks[1], blocks[2]], axis=0))
+    return out
+
+
+def reference_mapping(state: Any, prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Any]:
+    """``{our path (under ours): Src(reference key under prefix, transform)}`` for every parameter
+    of a fusion block's (abstract) ``state`` - the loader's name map, any variant."""
+    from vlm3r_jax.convert.assign import Src, flat_variables
+
+    def pick(block: int | None, t: bool):
+        def fn(w):
+            if block is not None:
+                d = w.shape[0] // 3
+                w = w[block * d:(block + 1) * d]
+            return w.swapaxes(0, 1) if t else w
+
+        return fn
+
+    m = {}
+    for path in flat_variables(state):
+        key, block, t = reference_name(path)
+        m[ours + path] = Src(prefix + key, pick(block, t)) if (t or block is not None) else Src(prefix + key)
+    return m

@@ -27,13 +27,14 @@ from flax import nnx
 from data_pipeline.image_preprocess import resize_bilinear
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 from vlm3r_jax.models.cut3r.model import Cut3r
-from vlm3r_jax.models.fusion import CrossAttentionFusion, FusionConfig
+from vlm3r_jax.models.fusion import FusionConfig, build_fusion
 from vlm3r_jax.models.lora import LoRAConfig
 from vlm3r_jax.models.projector import ProjectorConfig, VisionProjector, layout_video_tokens
 from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
 from vlm3r_jax.models.siglip import SiglipVisionConfig, SiglipVisionModel
 from vlm3r_jax.models.splice import splice_video
 
+_WITH_CAMERA = ("all", "all_tokens", "camera_tokens,patch_tokens")  # selections that keep the camera token first
 SPATIAL_SELECT = ("all", "all_tokens", "camera_tokens,patch_tokens", "camera_tokens", "patch_tokens")
 
 # The paper trains LoRA on every Linear of the LLM (q, k, v, o, gate, up, down).
@@ -71,6 +72,15 @@ class VLM3RConfig:
                     f"fusion dims (d_clip={self.fusion.d_clip}, d_spatial={self.fusion.d_spatial}) must equal the "
                     f"SigLIP width {self.vision.hidden_size} and CUT3R dec_embed_dim {self.geometry.dec_embed_dim}"
                 )
+            policy = self.fusion.token_policy
+            if policy == "all" and self.spatial_select not in _WITH_CAMERA:
+                raise ValueError(f"fusion_block {self.fusion.fusion_block!r} fuses camera + patch tokens (the reference "
+                                 f"fuses it only with spatial_tower_select_feature='all'), got {self.spatial_select!r}")
+            if policy == "patch" and self.spatial_select == "camera_tokens":
+                raise ValueError(f"fusion_block {self.fusion.fusion_block!r} needs the CUT3R patch tokens; "
+                                 "spatial_select='camera_tokens' drops them")
+            if self.fusion.after_projector and self.fusion.d_llm not in (None, self.llm.hidden_size):
+                raise ValueError(f"fusion d_llm {self.fusion.d_llm} != LLM width {self.llm.hidden_size}")
         if self.truncation not in ("error", "truncate"):
             raise ValueError(f"truncation must be 'error' or 'truncate', got {self.truncation!r}")
 
@@ -89,7 +99,8 @@ class VLM3R(nnx.Module):
         self.vision_tower = SiglipVisionModel(cfg.vision, dtype=dtype, param_dtype=pdt, rngs=rngs)
         self.spatial_tower = Cut3r(cfg.geometry, rngs=rngs) if cfg.geometry is not None else None
         self.fusion_block = (
-            CrossAttentionFusion(cfg.fusion, param_dtype=pdt, rngs=rngs) if cfg.geometry is not None else None
+            build_fusion(cfg.fusion, d_llm=cfg.llm.hidden_size, param_dtype=pdt, rngs=rngs)
+            if cfg.geometry is not None else None
         )
         self.mm_projector = VisionProjector(cfg.projector, dtype=dtype, param_dtype=pdt, rngs=rngs)
         self.llm = Qwen2(cfg.llm, rngs=rngs)
@@ -128,8 +139,15 @@ class VLM3R(nnx.Module):
         return jax.lax.stop_gradient(feats)
 
     def fuse(self, features: jax.Array, geometry: jax.Array) -> jax.Array:
-        """features [B*F, P, Dv], geometry [B, F, G, Dg] -> fused [B*F, P, Dv]."""
-        return self.fusion_block(features, rearrange(geometry, "b f g d -> (b f) g d"))
+        """features [B*F, P, D] (SigLIP features, or projected ones for the variants that run after
+        the projector), geometry [B, F, G, Dg] (per ``spatial_select``) -> fused [B*F, P, D].
+
+        Variants that only take patch tokens (as the reference's ``encode_images`` passes them)
+        drop the leading camera token here."""
+        geo = rearrange(geometry, "b f g d -> (b f) g d")
+        if self.cfg.fusion.token_policy == "patch" and self.cfg.spatial_select in _WITH_CAMERA:
+            geo = geo[:, 1:]
+        return self.fusion_block(features, geo)
 
     def pooled_frames(self, frames: jax.Array | None, geometry_tokens: jax.Array | None = None,
                       features: jax.Array | None = None) -> jax.Array:
@@ -141,10 +159,15 @@ class VLM3R(nnx.Module):
         ``features`` [B*F, P, Dv] replaces the SigLIP pass."""
         b = (frames.shape[0] if frames is not None else geometry_tokens.shape[0])
         x = self.visual_features(frames) if features is None else features
+        geo = None
         if self.fusion_block is not None:
             geo = self.geometry_tokens(frames) if geometry_tokens is None else geometry_tokens
-            x = self.fuse(x, geo)
-        pooled = self.mm_projector.pool(self.mm_projector.project(x))
+            if not self.cfg.fusion.after_projector:
+                x = self.fuse(x, geo)
+        proj = self.mm_projector.project(x)
+        if geo is not None and self.cfg.fusion.after_projector:  # before pooling, as encode_images does
+            proj = self.fuse(proj, geo)
+        pooled = self.mm_projector.pool(proj)
         return rearrange(pooled, "(b f) h w d -> b f h w d", b=b)
 
     def layout(self, pooled: jax.Array) -> jax.Array:

@@ -1,0 +1,498 @@
+"""Export a :class:`~vlm3r_jax.models.vlm3r.VLM3R` to the released VLM-3R file layout (the
+inverse of :mod:`vlm3r_jax.convert.vlm3r_release`), or to one merged LLaVA-Video-Qwen2 directory.
+
+``layout="release"`` (what the official ``load_pretrained_model(lora_dir, base_dir)`` reads)::
+
+    out/base_llava_video_qwen2/   config.json (LLaVA-Qwen keys, no spatial keys), model.safetensors
+                                  (model.embed_tokens, model.layers.*, model.norm, lm_head, SigLIP under
+                                  model.vision_tower.vision_tower.vision_model.*, model.image_newline,
+                                  model.mm_projector.*), tokenizer files
+    out/vlm3r_lora/               config.json (the VLM-3R config), adapter_config.json (PEFT 0.4 LoRA),
+                                  adapter_model.bin|.safetensors (base_model.model.<module>.lora_{A,B}.weight),
+                                  non_lora_trainables.bin (base_model.model.model.{mm_projector,fusion_block}.*)
+    out/cut3r/cut3r_512_dpt_4_64.pth   {'model': CUT3R state dict, 'args': Namespace(model=<constructor>)}
+
+``layout="merged"``: the LoRA folded into the Qwen2 kernels (``W + (alpha/r) B A``), everything in
+one directory: config.json (VLM-3R config), model.safetensors (LLM + SigLIP + projector + newline +
+fusion block), tokenizer files and the CUT3R ``.pth`` next to them.
+
+``.bin``/``.pth`` files are written in torch's zip format without torch
+(:func:`vlm3r_jax.convert.torch_save.save_torch`).
+
+When the model was loaded from a released checkpoint (``source`` = the loader's ``info``), tensors
+the model does not hold are copied through from the original files (``passthrough=True``): the
+unused SigLIP ``post_layernorm``, embedding / LM-head rows past ``len(tokenizer)`` (the loader
+cuts them, as the reference's ``resize_token_embeddings`` does), CUT3R's ray-map encoder and
+``masked_*`` tokens and the DPT ``layerK_rn`` aliases; the original config.json files are used as
+templates and the CUT3R constructor string is kept. See docs/export.md for what differs otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from vlm3r_jax.convert.assign import flat_arrays
+from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.safetensors_io import save_safetensors
+from vlm3r_jax.convert.torch_save import save_torch
+from vlm3r_jax.models.fusion import reference_heads
+
+BASE_DIR = "base_llava_video_qwen2"
+LORA_DIR = "vlm3r_lora"
+CUT3R_FILE = "cut3r_512_dpt_4_64.pth"  # the name the reference hard-codes (CUT3R/src/<this>)
+PEFT_PREFIX = "base_model.model."
+NON_LORA_PREFIX = "base_model.model."  # + "model.mm_projector..." / "model.fusion_block..."
+SIGLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "generation_config.json")
+LAYOUTS = ("release", "merged")
+# values the reference hard-codes; other values are written under extra config keys that only
+# vlm3r_jax reads (the official code would silently use its constants)
+REFERENCE_GEOMETRY_SIZE = (432, 432)
+DEFAULT_VISION_TOWER = "google/siglip-so400m-patch14-384"
+
+# spatial / fusion keys of the VLM-3R config.json that a plain LLaVA-Video base config lacks
+_SPATIAL_KEYS = ("spatial_tower", "mm_spatial_tower", "spatial_feature_dim", "spatial_tower_select_feature",
+                 "fusion_block", "tune_fusion_block", "tune_spatial_tower", "fusion_num_heads",
+                 "spatial_tower_image_size")
+
+
+# --- tensors -------------------------------------------------------------------------------------
+def _np(x: Any, dtype: Any) -> np.ndarray:
+    a = np.asarray(x)
+    return np.ascontiguousarray(a.astype(dtype) if dtype is not None and a.dtype != np.dtype(dtype) else a)
+
+
+def _lora_modules(llm: nnx.Module) -> dict[str, Any]:
+    """{our Linear path under the LLM ("layers.0.attn.q"): Linear} for Linears with an adapter."""
+    from vlm3r_jax.layers import Linear
+
+    return {".".join(str(p) for p in path): m for path, m in nnx.iter_modules(llm)
+            if isinstance(m, Linear) and m.lora is not None}
+
+
+def llm_tensors(model: nnx.Module, *, merge: bool, dtype: Any = None) -> dict[str, np.ndarray]:
+    """The Qwen2 weights with HF names. ``merge``: attached LoRA adapters are folded into their
+    kernels (float32 arithmetic, like PEFT's ``merge_and_unload``); otherwise the base kernels."""
+    from vlm3r_jax.convert.hf_qwen2 import hf_name_map, to_hf_tensors
+
+    llm = model.llm
+    out = to_hf_tensors(nnx.state(llm, nnx.Param), llm.cfg)
+    if merge:
+        names = hf_name_map(llm.cfg)
+        for path, lin in _lora_modules(llm).items():
+            key, _ = names[path + ".kernel"]
+            k = np.asarray(lin.kernel[...])
+            merged = k.astype(np.float32) + np.asarray(lin.lora.delta())
+            out[key] = np.ascontiguousarray(merged.astype(k.dtype).T)
+    return {k: _np(v, dtype) for k, v in out.items()}
+
+
+def lora_tensors(model: nnx.Module, dtype: Any = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """PEFT adapter state dict (``base_model.model.<HF module>.lora_A.weight`` [r, in], ``lora_B``
+    [out, r]) and the facts for adapter_config.json (r, alpha, dropout, target_modules)."""
+    from vlm3r_jax.convert.hf_qwen2 import hf_name_map
+
+    mods = _lora_modules(model.llm)
+    if not mods:
+        return {}, {}
+    names = hf_name_map(model.llm.cfg)
+    tensors: dict[str, np.ndarray] = {}
+    targets, ranks, scales = [], set(), set()
+    for path, lin in mods.items():
+        module = names[path + ".kernel"][0][: -len(".weight")]
+        a, b = np.asarray(lin.lora.lora_a[...]), np.asarray(lin.lora.lora_b[...])
+        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = _np(a.T, dtype)
+        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = _np(b.T, dtype)
+        targets.append(module)
+        ranks.add(a.shape[1])
+        scales.add(float(lin.lora.scale))
+    if len(ranks) != 1 or len(scales) != 1:
+        raise CheckpointError(f"PEFT's adapter_config.json holds one r and one alpha, but the adapters have ranks "
+                              f"{sorted(ranks)} and scales {sorted(scales)}")
+    r, scale = ranks.pop(), scales.pop()
+    lcfg = model.cfg.lora
+    alpha = scale * r
+    alpha = int(round(alpha)) if abs(alpha - round(alpha)) < 1e-9 else alpha
+    return tensors, dict(r=r, lora_alpha=alpha, lora_dropout=lcfg.dropout if lcfg is not None else 0.0,
+                         target_modules=sorted(targets))
+
+
+def vision_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray]:
+    """SigLIP under ``model.vision_tower.vision_tower.vision_model.``; an unused post-LayerNorm
+    the model does not hold is written as the identity (weight 1, bias 0) so the tower is complete."""
+    from vlm3r_jax.convert.hf_siglip import export_siglip_hf
+
+    vc = model.cfg.vision
+    out = export_siglip_hf(nnx.state(model.vision_tower, nnx.Param), vc, prefix=SIGLIP_PREFIX)
+    if not vc.use_post_layernorm:
+        pdt = out[SIGLIP_PREFIX + "embeddings.position_embedding.weight"].dtype
+        out[SIGLIP_PREFIX + "post_layernorm.weight"] = np.ones((vc.hidden_size,), pdt)
+        out[SIGLIP_PREFIX + "post_layernorm.bias"] = np.zeros((vc.hidden_size,), pdt)
+    return {k: _np(v, dtype) for k, v in out.items()}
+
+
+def projector_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray]:
+    """``model.mm_projector.*`` (torch [out, in] weights) and ``model.image_newline``."""
+    from vlm3r_jax.models.projector import projector_mapping
+
+    flat = flat_arrays(nnx.state(model.mm_projector, nnx.Param))
+    out = {}
+    for ours, src in projector_mapping(model.cfg.projector).items():
+        arr = flat[ours]
+        out[src.keys] = _np(arr.T if ours.endswith(".kernel") else arr, dtype)
+    return out
+
+
+def fusion_tensors(model: nnx.Module, prefix: str = "model.fusion_block.", dtype: Any = None) -> dict[str, np.ndarray]:
+    """The fusion block under the reference's names (inverse of ``fusion_mapping``: the split
+    q/k/v in-projections are packed back into ``in_proj_weight`` [3d, d] / ``in_proj_bias``)."""
+    from vlm3r_jax.models.fusion import export_fusion
+
+    if model.fusion_block is None:
+        return {}
+    return {prefix + k: _np(v, dtype) for k, v in export_fusion(model.fusion_block).items()}
+
+
+# --- CUT3R -----------------------------------------------------------------------------------------
+# Cut3rConfig fields the constructor string cannot carry, with the values the reference hard-codes.
+_CUT3R_FIXED = dict(norm_eps=1e-6, rope_f0=1.0, local_mem_depth=2, local_mem_mlp_ratio=4.0, final_transform_blocks=2,
+                    pose_decoder_mlp_ratio=4)
+_CUT3R_ARGS = ("output_mode", "head_type", "depth_mode", "conf_mode", "pose_mode", "freeze", "landscape_only",
+               "patch_embed_cls", "ray_enc_depth", "state_size", "local_mem_size", "state_pe", "state_dec_num_heads",
+               "depth_head", "rgb_head", "pose_conf_head", "pose_head", "img_size", "patch_size", "enc_embed_dim",
+               "enc_depth", "enc_num_heads", "dec_embed_dim", "dec_depth", "dec_num_heads", "mlp_ratio",
+               "norm_im2_in_dec", "pos_embed")
+
+
+def _lit(v: Any) -> str:
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, (tuple, list)):
+        return "(" + ", ".join(_lit(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    return repr(v)
+
+
+def constructor_string(cfg: Any) -> str:
+    """``ARCroco3DStereo(ARCroco3DStereoConfig(...))`` for a Cut3rConfig (what the reference
+    ``eval``s and our loader parses with :mod:`ast`)."""
+    bad = {k: getattr(cfg, k) for k, v in _CUT3R_FIXED.items() if getattr(cfg, k) != v}
+    if bad:
+        raise CheckpointError(f"CUT3R config fields {bad} differ from the values the reference hard-codes "
+                              f"({ {k: _CUT3R_FIXED[k] for k in bad} }); a .pth cannot carry them")
+    args = ", ".join(f"{k}={_lit(getattr(cfg, k))}" for k in _CUT3R_ARGS)
+    return f"ARCroco3DStereo(ARCroco3DStereoConfig({args}))"
+
+
+def cut3r_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray]:
+    from vlm3r_jax.convert.cut3r_ckpt import export_state_dict
+
+    return {k: _np(v, dtype) for k, v in export_state_dict(nnx.state(model.spatial_tower, nnx.Param)).items()}
+
+
+def write_cut3r_pth(model: nnx.Module, path: str, *, source: str | None = None, passthrough: bool = True,
+                    dtype: Any = None) -> None:
+    """``{'model': state dict, 'args': Namespace(model=constructor string)}`` as a torch zip file.
+    With ``source`` (the original .pth) and ``passthrough``: its extra tensors and constructor
+    string are kept."""
+    from vlm3r_jax.convert.torch_pickle import TorchPickleSource
+
+    sd = cut3r_tensors(model, dtype)
+    ctor = None
+    if source is not None and passthrough and os.path.isfile(source) and not source.endswith(".safetensors"):
+        src = TorchPickleSource(source, allow_namespace=True)
+        args = src.obj.get("args") if isinstance(src.obj, dict) else None
+        ctor = getattr(args, "model", None) if not isinstance(args, dict) else args.get("model")
+        for key in src.keys():
+            if key.startswith("model.") and key[len("model."):] not in sd:
+                sd[key[len("model."):]] = _np(src.get(key), dtype)
+    if ctor is None:
+        ctor = constructor_string(model.cfg.geometry)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_torch(path, {"model": sd, "args": argparse.Namespace(model=ctor)})
+
+
+# --- configs ---------------------------------------------------------------------------------------
+def _siglip_hf_config(vc: Any) -> dict[str, Any]:
+    """The tower's HF SigLIP config; ``num_hidden_layers`` counts the layer LLaVA drops, as the hub
+    model's config does."""
+    return dict(model_type="siglip_vision_model", hidden_size=vc.hidden_size, intermediate_size=vc.intermediate_size,
+                num_hidden_layers=vc.layers + 1, num_attention_heads=vc.num_attention_heads,
+                num_channels=vc.num_channels, image_size=vc.image_size, patch_size=vc.patch_size,
+                layer_norm_eps=vc.layer_norm_eps, hidden_act=vc.hidden_act)
+
+
+def vlm3r_config_json(cfg: Any, *, vocab_rows: int, template: dict | None = None, spatial: bool = True,
+                      vision_tower: str | None = None) -> dict[str, Any]:
+    """The LLaVA-Qwen / VLM-3R ``config.json``: ``template`` (the original file, when known) with
+    every field our config determines overwritten; ``spatial=False`` drops the VLM-3R keys (the
+    base directory's config)."""
+    llm, pc = cfg.llm, cfg.projector
+    d = dict(template or {})
+    eos = list(llm.eos_token_ids)
+    d.update({
+        "architectures": ["LlavaQwenForCausalLM"],
+        "model_type": "llava_qwen",
+        "hidden_act": "silu",
+        "hidden_size": llm.hidden_size,
+        "intermediate_size": llm.intermediate_size,
+        "num_hidden_layers": llm.num_layers,
+        "num_attention_heads": llm.num_heads,
+        "num_key_value_heads": llm.num_kv_heads,
+        "max_position_embeddings": llm.max_position_embeddings,
+        "max_window_layers": d.get("max_window_layers", llm.num_layers),
+        "rms_norm_eps": llm.rms_norm_eps,
+        "rope_theta": llm.rope_theta,
+        "tie_word_embeddings": llm.tie_word_embeddings,
+        "use_sliding_window": False,
+        "vocab_size": vocab_rows,
+        "mm_hidden_size": pc.mm_hidden_size,
+        "mm_projector_type": pc.projector_type,
+        "mm_spatial_pool_mode": pc.pool_mode,
+        "mm_spatial_pool_stride": pc.pool_stride,
+        "mm_patch_merge_type": pc.patch_merge_type,
+        "mm_newline_position": pc.newline_position,
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_use_im_patch_token": False,
+        "mm_use_im_start_end": False,
+        "tokenizer_model_max_length": cfg.model_max_length,
+        "vision_config": _siglip_hf_config(cfg.vision),
+    })
+    if llm.head_dim != llm.hidden_size // llm.num_heads:
+        d["head_dim"] = llm.head_dim
+    if eos:
+        d.setdefault("eos_token_id", eos[-1] if len(eos) > 1 else eos[0])
+    d["mm_vision_tower"] = vision_tower or d.get("mm_vision_tower") or DEFAULT_VISION_TOWER
+    d.setdefault("tokenizer_padding_side", "right")
+    d.setdefault("image_aspect_ratio", "anyres_max_9")
+    d.setdefault("use_mm_proj", True)
+    d.setdefault("torch_dtype", str(np.dtype(llm.param_dtype)))
+    for k in _SPATIAL_KEYS:
+        d.pop(k, None)
+    if spatial and cfg.geometry is not None:
+        d.update({
+            "spatial_tower": "cut3r",
+            "mm_spatial_tower": "cut3r",
+            "spatial_feature_dim": cfg.fusion.d_spatial,
+            "spatial_tower_select_feature": cfg.spatial_select,
+            "fusion_block": cfg.fusion.fusion_block,
+            "tune_fusion_block": True,
+            "tune_spatial_tower": False,
+        })
+        if reference_heads(cfg.fusion.fusion_block) and cfg.fusion.num_heads != reference_heads(cfg.fusion.fusion_block):
+            d["fusion_num_heads"] = cfg.fusion.num_heads
+        if tuple(cfg.geometry_image_size) != REFERENCE_GEOMETRY_SIZE:
+            d["spatial_tower_image_size"] = list(cfg.geometry_image_size)
+    return d
+
+
+def reference_incompatibilities(cfg: Any) -> list[str]:
+    """Settings the official code cannot reproduce (it hard-codes them); exported anyway, under
+    keys only vlm3r_jax reads."""
+    out = []
+    if cfg.geometry is not None:
+        heads = reference_heads(cfg.fusion.fusion_block)
+        if heads and cfg.fusion.num_heads != heads:
+            out.append(f"fusion num_heads={cfg.fusion.num_heads} (reference: {heads})")
+        if tuple(cfg.geometry_image_size) != REFERENCE_GEOMETRY_SIZE:
+            out.append(f"geometry_image_size={tuple(cfg.geometry_image_size)} (reference: 432x432)")
+    if cfg.vision.num_patches_per_side != 27:
+        out.append(f"SigLIP grid {cfg.vision.num_patches_per_side}x{cfg.vision.num_patches_per_side} "
+                   "(the reference tower asserts 27x27)")
+    return out
+
+
+def _peft_config(facts: dict[str, Any], base_name: str) -> dict[str, Any]:
+    return {
+        "auto_mapping": None, "base_model_name_or_path": base_name, "bias": "none", "fan_in_fan_out": False,
+        "inference_mode": True, "init_lora_weights": True, "layers_pattern": None, "layers_to_transform": None,
+        "lora_alpha": facts["lora_alpha"], "lora_dropout": facts["lora_dropout"], "modules_to_save": None,
+        "peft_type": "LORA", "r": facts["r"], "revision": None, "target_modules": facts["target_modules"],
+        "task_type": "CAUSAL_LM",
+    }
+
+
+def _write_json(path: str, d: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(d, f, indent=2)
+        f.write("\n")
+
+
+def _copy_tokenizer(tokenizer: Any, out_dir: str) -> None:
+    src = getattr(tokenizer, "source", None)
+    if not src or not os.path.isdir(src):
+        raise CheckpointError(
+            f"cannot write tokenizer files to {out_dir}: the tokenizer was not loaded from a directory "
+            f"(source={src!r}); pass tokenizer=<a data_pipeline.tokenizer.QwenTokenizer.from_dir(...)>")
+    copied = 0
+    for name in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(src, name)):
+            if os.path.abspath(src) != os.path.abspath(out_dir):
+                shutil.copy(os.path.join(src, name), os.path.join(out_dir, name))
+            copied += 1
+    if not copied:
+        raise CheckpointError(f"no tokenizer files ({TOKENIZER_FILES}) in {src}")
+
+
+# --- the whole layout --------------------------------------------------------------------------------
+def _pad_vocab(tensors: dict[str, np.ndarray], base: Any | None) -> int:
+    """Appends the original checkpoint's embedding / LM-head rows past ``len(tokenizer)`` (cut at load
+    time); returns the row count that config.json's ``vocab_size`` must state."""
+    rows = tensors["model.embed_tokens.weight"].shape[0]
+    if base is None or "model.embed_tokens.weight" not in set(base.keys()):
+        return rows
+    orig = base.shape("model.embed_tokens.weight")[0]
+    if orig <= rows:
+        return rows
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        if key in tensors and key in set(base.keys()):
+            extra = np.asarray(base.get(key))[rows:].astype(tensors[key].dtype)
+            tensors[key] = np.concatenate([tensors[key], extra], axis=0)
+    return orig
+
+
+def _base_tensors(model: nnx.Module, *, merge: bool, with_fusion: bool, source: dict | None, passthrough: bool,
+                  dtype: Any, release: bool) -> tuple[dict[str, np.ndarray], int]:
+    t = llm_tensors(model, merge=merge, dtype=dtype)
+    t.update(vision_tensors(model, dtype))
+    t.update(projector_tensors(model, dtype))
+    if with_fusion:
+        t.update(fusion_tensors(model, dtype=dtype))
+    base = source.get("base") if (source and passthrough) else None
+    rows = _pad_vocab(t, base)
+    if base is not None:
+        for key in base.keys():
+            if key.startswith(SIGLIP_PREFIX + "post_layernorm.") and not model.cfg.vision.use_post_layernorm:
+                t[key] = _np(base.get(key), dtype)  # the original (unused) values, not the identity
+                continue
+            if release and key.startswith("model.mm_projector."):
+                # the original base projector: the trained one goes to non_lora_trainables.bin, which
+                # overrides it at load time (reference and ours)
+                t[key] = _np(base.get(key), dtype)
+                continue
+            if key in t or key.startswith(("model.mm_projector.", "model.fusion_block.", "model.spatial_tower.")):
+                continue
+            # SigLIP layers the model lacks are never copied: the loader counts the layers in the file
+            if key.startswith(SIGLIP_PREFIX + "post_layernorm.") or not key.startswith(SIGLIP_PREFIX):
+                t[key] = _np(base.get(key), dtype)
+    return t, rows
+
+
+def _template(source: dict | None, which: str) -> dict | None:
+    if not source:
+        return None
+    if which == "lora":
+        return source.get("config_json")
+    p = os.path.join(source.get("base_dir") or "", "config.json")
+    if os.path.exists(p):
+        with open(p, encoding="utf-8") as f:
+            return json.load(f)
+    return None
+
+
+def export_release(model: nnx.Module, out_dir: str, *, tokenizer: Any, source: dict | None = None,
+                   passthrough: bool = True, adapter_format: str = "bin", dtype: Any = None,
+                   base_model_name: str = "", vision_tower: str | None = None) -> dict[str, str]:
+    """Writes ``out_dir/{base_llava_video_qwen2, vlm3r_lora, cut3r/cut3r_512_dpt_4_64.pth}``.
+
+    The model must carry its LoRA as attached adapters (load with ``keep_lora=True``, or a
+    model trained with ``cfg.lora``): a merged model has lost the split, use ``layout="merged"``.
+    ``adapter_format``: ``"bin"`` (what PEFT 0.4 writes), ``"safetensors"`` or ``"both"``.
+    ``dtype`` casts every tensor (e.g. ``"bfloat16"``); None keeps the parameter dtypes.
+    Returns the paths: ``{"base", "lora", "geometry"}`` (``api.load_vlm3r(lora, base=, geometry=)``).
+    """
+    if adapter_format not in ("bin", "safetensors", "both"):
+        raise ValueError(f"adapter_format must be 'bin', 'safetensors' or 'both', got {adapter_format!r}")
+    adapters, facts = lora_tensors(model, dtype)
+    if not adapters:
+        raise CheckpointError(
+            "the model has no LoRA adapters attached, so there is nothing to write as a PEFT adapter: load it "
+            "with keep_lora=True (api.load_vlm3r(..., keep_lora=True)) or export with layout='merged'")
+    cfg = model.cfg
+    base_dir, lora_dir = os.path.join(out_dir, BASE_DIR), os.path.join(out_dir, LORA_DIR)
+    os.makedirs(base_dir, exist_ok=True)
+    os.makedirs(lora_dir, exist_ok=True)
+
+    base_t, rows = _base_tensors(model, merge=False, with_fusion=False, source=source, passthrough=passthrough,
+                                 dtype=dtype, release=True)
+    save_safetensors(os.path.join(base_dir, "model.safetensors"), base_t, {"format": "pt"})
+    _write_json(os.path.join(base_dir, "config.json"),
+                vlm3r_config_json(cfg, vocab_rows=rows, template=_template(source if passthrough else None, "base"),
+                                  spatial=False, vision_tower=vision_tower))
+    _copy_tokenizer(tokenizer, base_dir)
+
+    _write_json(os.path.join(lora_dir, "config.json"),
+                vlm3r_config_json(cfg, vocab_rows=rows, template=_template(source if passthrough else None, "lora"),
+                                  spatial=True, vision_tower=vision_tower))
+    _write_json(os.path.join(lora_dir, "adapter_config.json"), _peft_config(facts, base_model_name))
+    if adapter_format in ("bin", "both"):
+        save_torch(os.path.join(lora_dir, "adapter_model.bin"), adapters)
+    if adapter_format in ("safetensors", "both"):
+        save_safetensors(os.path.join(lora_dir, "adapter_model.safetensors"), adapters, {"format": "pt"})
+    non_lora = {NON_LORA_PREFIX + k: v for k, v in projector_tensors(model, dtype).items()
+                if k.startswith("model.mm_projector.")}
+    non_lora.update({NON_LORA_PREFIX + k: v for k, v in fusion_tensors(model, dtype=dtype).items()})
+    save_torch(os.path.join(lora_dir, "non_lora_trainables.bin"), non_lora)
+
+    paths = {"base": base_dir, "lora": lora_dir, "geometry": None}
+    if cfg.geometry is not None:
+        pth = os.path.join(out_dir, "cut3r", CUT3R_FILE)
+        write_cut3r_pth(model, pth, source=(source or {}).get("geometry"), passthrough=passthrough, dtype=dtype)
+        paths["geometry"] = pth
+    return paths
+
+
+def export_merged(model: nnx.Module, out_dir: str, *, tokenizer: Any, source: dict | None = None,
+                  passthrough: bool = True, dtype: Any = None, vision_tower: str | None = None) -> dict[str, str]:
+    """One LLaVA-Video-Qwen2 directory with the LoRA merged: config.json (VLM-3R config),
+    model.safetensors (incl. ``model.fusion_block.*`` and the trained projector), tokenizer files,
+    and ``cut3r_512_dpt_4_64.pth``. Reload with ``api.load_vlm3r(out_dir)``."""
+    cfg = model.cfg
+    os.makedirs(out_dir, exist_ok=True)
+    t, rows = _base_tensors(model, merge=True, with_fusion=True, source=source, passthrough=passthrough, dtype=dtype,
+                            release=False)
+    save_safetensors(os.path.join(out_dir, "model.safetensors"), t, {"format": "pt"})
+    _write_json(os.path.join(out_dir, "config.json"),
+                vlm3r_config_json(cfg, vocab_rows=rows, template=_template(source if passthrough else None, "lora"),
+                                  spatial=True, vision_tower=vision_tower))
+    _copy_tokenizer(tokenizer, out_dir)
+    paths = {"base": out_dir, "lora": None, "geometry": None}
+    if cfg.geometry is not None:
+        pth = os.path.join(out_dir, CUT3R_FILE)
+        write_cut3r_pth(model, pth, source=(source or {}).get("geometry"), passthrough=passthrough, dtype=dtype)
+        paths["geometry"] = pth
+    return paths
+
+
+def export(model: nnx.Module, out_dir: str, *, layout: str = "release", **kwargs: Any) -> dict[str, str]:
+    """Dispatch on ``layout`` (``"release"`` or ``"merged"``)."""
+    if layout == "release":
+        return export_release(model, out_dir, **kwargs)
+    if layout == "merged":
+        kwargs.pop("adapter_format", None)
+        kwargs.pop("base_model_name", None)
+        return export_merged(model, out_dir, **kwargs)
+    raise ValueError(f"unknown export layout {layout!r}; valid: {LAYOUTS}")
+
+
+def find_geometry(path: str) -> str | None:
+    """The CUT3R checkpoint that an exported layout put next to ``path``: ``path/*.pth``,
+    ``path/cut3r/*.pth`` or ``path/../cut3r/*.pth`` when exactly one exists there."""
+    for d in (path, os.path.join(path, "cut3r"), os.path.join(os.path.dirname(os.path.abspath(path)), "cut3r")):
+        if os.path.isdir(d):
+            hits = sorted(f for f in os.listdir(d) if re.fullmatch(r".*\.pth", f))
+            if len(hits) == 1:
+                return os.path.join(d, hits[0])
+    return None
