@@ -84,7 +84,7 @@ def save_ours(path: str, cfg, model, tokenizer=None, dtype: Any = None) -> None:
 
 def load_ours(path: str, dtype: str | None = None, shardings: Any = None):
     """-> (config, model) from a directory written by :func:`save_ours`."""
-    from vlm3r_jax.models.vlm3r import VLM3R
+    from vlm3r_jax.models.vlm3r import abstract_vlm3r
 
     cfg_path = os.path.join(path, CONFIG)
     if not os.path.exists(cfg_path):
@@ -93,7 +93,7 @@ def load_ours(path: str, dtype: str | None = None, shardings: Any = None):
         cfg = config_from_dict(json.load(f))
     if dtype is not None:
         cfg = cfg.replace(llm=cfg.llm.replace(dtype=dtype, param_dtype=dtype))
-    abstract = nnx.eval_shape(lambda: VLM3R(cfg, rngs=nnx.Rngs(0)))
+    abstract = abstract_vlm3r(cfg)
     graphdef, state = nnx.split(abstract)
     mapping = {k: Src(k) for k, v in flat_variables(state).items() if isinstance(v, nnx.Param)}
     state = load_state(state, SafetensorsDir(os.path.join(path, WEIGHTS)), mapping, shardings=shardings,

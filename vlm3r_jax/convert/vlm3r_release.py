@@ -304,12 +304,12 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
     from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE
     from vlm3r_jax.convert.hf_siglip import load_siglip_state
     from vlm3r_jax.models.projector import projector_mapping
-    from vlm3r_jax.models.vlm3r import VLM3R
+    from vlm3r_jax.models.vlm3r import abstract_vlm3r
 
     cfg, info = build_release_config(lora_dir, base_dir, geometry, dtype=dtype, vision_config=vision_config,
                                      keep_lora=keep_lora, attention_impl=attention_impl)
     base: SafetensorsDir = info["base"]
-    abstract = nnx.eval_shape(lambda: VLM3R(cfg, rngs=nnx.Rngs(0)))
+    abstract = abstract_vlm3r(cfg)
     graphdef, state = nnx.split(abstract)
     jdt = jnp.dtype(dtype)
 

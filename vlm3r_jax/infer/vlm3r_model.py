@@ -118,9 +118,10 @@ class VLM3RModel:
                     num_frames: int = 32) -> VLM3RModel:
         """A randomly initialised model (host-drawn weights, :mod:`vlm3r_jax.models.host_init`):
         for tests, notebooks and benchmarks that need the architecture, not trained weights."""
-        from vlm3r_jax.models.host_init import host_init
+        from vlm3r_jax.models.host_init import fill_random
+        from vlm3r_jax.models.vlm3r import abstract_vlm3r
 
-        model = host_init(lambda: VLM3R(cfg, rngs=nnx.Rngs(seed)), seed)
+        model = fill_random(abstract_vlm3r(cfg), seed)
         return cls(cfg, model, tokenizer, num_frames=num_frames)
 
     @classmethod

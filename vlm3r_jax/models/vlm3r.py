@@ -229,3 +229,14 @@ def vlm3r_loss(model: VLM3R, batch: dict) -> tuple[jax.Array, jax.Array]:
     logits, sp = model(batch["input_ids"], batch.get("frames"), attention_mask=batch.get("attention_mask"),
                        labels=batch["labels"], geometry_tokens=batch.get("geometry_tokens"))
     return next_token_xent(logits, sp["labels"])
+
+
+_ABSTRACT: dict[VLM3RConfig, VLM3R] = {}
+
+
+def abstract_vlm3r(cfg: VLM3RConfig) -> VLM3R:
+    """``nnx.eval_shape`` of the model, cached per config: tracing the constructor takes seconds
+    (most of a checkpoint load) and loaders, tests and notebooks build the same shapes again."""
+    if cfg not in _ABSTRACT:
+        _ABSTRACT[cfg] = nnx.eval_shape(lambda: VLM3R(cfg, rngs=nnx.Rngs(0)))
+    return _ABSTRACT[cfg]
