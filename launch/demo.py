@@ -14,6 +14,7 @@ Re-running resumes: finished stages are skipped (data, tokenizer) or resumed (tr
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -24,16 +25,44 @@ def _say(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
-def make_data(out: str, scenes: int, seed: int) -> str:
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string such as answers_only
+
+
+def apply_overrides(cfg, pairs: list[str], what: str) -> None:
+    """``["train.steps=100", "optim.lr=1e-3"]`` -> set on ``cfg`` (unknown keys fail with the valid ones)."""
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"{what} override {pair!r} is not KEY=VALUE")
+        key, text = pair.split("=", 1)
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if part not in node:
+                raise KeyError(f"{what}: no section {part!r} in {key!r}; valid: {sorted(node.keys())}")
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"{what}: no field {leaf!r} in {key!r}; valid: {sorted(node.keys())}")
+        value = _parse_value(text)
+        if isinstance(node[leaf], (list, tuple)) and isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        node[leaf] = value
+
+
+def make_data(out: str, scenes: int, seed: int, overrides: list[str] | None = None) -> str:
     from configs import data_synthetic
     from data_pipeline.make_dataset import make_dataset
 
     if os.path.exists(os.path.join(out, "stats.json")):
         print(f"dataset exists: {out}")
         return out
-    cfg = data_synthetic.get_config("tiny")
+    cfg = data_synthetic.get_config("demo")
     cfg.num_scenes = scenes
     cfg.seed = seed
+    apply_overrides(cfg, overrides or [], "--data-set")
     make_dataset(cfg, out)
     return out
 
@@ -104,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", type=int, default=60, help="procedural scenes to generate (default 60)")
     ap.add_argument("--eval-limit", type=int, default=0, help="evaluate only the first N questions (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of configs/demo_tiny.py, e.g. --set optim.lr=1e-3 (repeatable)")
+    ap.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of configs/data_synthetic.py:demo, e.g. --data-set num_per_task=8")
     args = ap.parse_args(argv)
 
     from configs import demo_tiny, eval_vsibench
@@ -114,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     wd = os.path.abspath(args.workdir)
     _say("1/5 procedural scene dataset")
-    data = make_data(os.path.join(wd, "data"), args.scenes, args.seed)
+    data = make_data(os.path.join(wd, "data"), args.scenes, args.seed, args.data_set)
+    t_data = time.time() - t0
     _say("2/5 tokenizer and tiny VLM-3R")
     tok_dir = make_tokenizer(data, os.path.join(wd, "tokenizer"))
     cfg = demo_tiny.get_config()
@@ -124,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg.train.batch_size = args.batch_size
     cfg.train.seed = args.seed
     cfg.model.seed = args.seed
+    apply_overrides(cfg, args.set, "--set")
     _say(f"3/5 training {args.steps} steps (checkpoints in {wd}/train/checkpoints)")
+    t1 = time.time()
     result, model_dir = vlm3r_task.run(cfg, os.path.join(wd, "train"))
+    t_train = time.time() - t1
     curve = loss_curve(os.path.join(wd, "train"), os.path.join(wd, "loss_curve.png"))
     first = result.history[0]["loss"] if result.history else float("nan")
     last = result.history[-1]["loss"] if result.history else float("nan")
@@ -143,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ecfg.include_paper_row = False
     ecfg.baselines = ",".join(f"{k}={v}" for k, v in baselines.items())
     ecfg.chart_baseline = "blind prior"
+    t2 = time.time()
     res = eval_launcher.run(ecfg, os.path.join(wd, "eval", "model"))  # prints the table
+    t_eval = time.time() - t2
 
     _say("5/5 a question about one generated video")
     model = api.load_vlm3r(model_dir, num_frames=cfg.data.num_frames)
@@ -156,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     answer = model.answer(video, question, max_new_tokens=16)
     print(f"video:    {video}\nquestion: {question}\nanswer:   {answer!r} (ground truth {rec['ground_truth']!r})")
     overall = (res or {}).get("scores", {}).get("overall")
-    print(f"\ndone in {time.time() - t0:.0f} s. overall={overall}; outputs under {wd}")
+    print(f"\ndone in {time.time() - t0:.0f} s (data {t_data:.0f} s, training {t_train:.0f} s, eval {t_eval:.0f} s). "
+          f"overall={overall}; outputs under {wd}")
     return 0
 
 
