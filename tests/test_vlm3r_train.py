@@ -24,6 +24,7 @@ from vlm3r_jax.models.projector import ProjectorConfig
 from vlm3r_jax.models.qwen2 import Qwen2Config
 from vlm3r_jax.models.siglip import SiglipVisionConfig
 from vlm3r_jax.models.vlm3r import DEFAULT_TRAINABLE, LLM_LORA_TARGETS, VLM3R, VLM3RConfig, vlm3r_loss
+from vlm3r_jax.train.fast_init import numpy_init
 from vlm3r_jax.train.optimizer import make_optimizer
 from vlm3r_jax.train.state import TrainState
 from vlm3r_jax.train.step import make_train_step
@@ -48,36 +49,12 @@ def _config(lora_dropout: float = 0.0, fusion_dropout: float = 0.0) -> VLM3RConf
                        geometry_image_size=(SIZE, SIZE), model_max_length=512, lora=lora)
 
 
-def init_numpy(cfg: VLM3RConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
-    """A random tiny VLM-3R without XLA: ``eval_shape`` for the structure, numpy for the values
-    (fan-in scaled normal kernels, zero biases, unit norm scales, zero ``lora_b`` so LoRA starts
-    as a no-op). Eager NNX init compiles every initialiser separately, which costs minutes on a
-    busy 2-core machine; this takes a second."""
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: VLM3R(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))))
-    rng = np.random.default_rng(seed)
-    flat = []
-    for i, (path, var) in enumerate(nnx.to_flat_state(abstract)):
-        name, shape = str(path[-1]), tuple(var.get_value().shape)
-        if isinstance(var, nnx.RngKey):
-            value = jax.random.key(seed * 1000 + i)
-        elif isinstance(var, nnx.RngCount):
-            value = np.zeros(shape, np.uint32)
-        elif name == "scale":
-            value = np.ones(shape, np.float32)
-        elif name in ("bias", "patch_bias", "lora_b"):
-            value = np.zeros(shape, np.float32)
-        elif name in ("kernel", "patch_kernel", "lora_a"):
-            value = rng.normal(0, 1 / np.sqrt(np.prod(shape[:-1])), shape).astype(np.float32)
-        else:  # embeddings, learned tokens, memories
-            value = rng.normal(0, 0.02 if name != "embedding" else 1.0, shape).astype(np.float32)
-        flat.append((path, var.replace(jax.numpy.asarray(value))))
-    return graphdef, nnx.from_flat_state(flat)
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    """(graphdef, full state) of one tiny VLM-3R with LoRA attached; tests merge their own copy."""
-    return init_numpy(_config())
+    """(graphdef, full state) of one tiny VLM-3R with LoRA attached; tests merge their own copy.
+    numpy-initialised: eager NNX init compiles every initialiser separately (minutes when busy)."""
+    cfg = _config()
+    return numpy_init(lambda: VLM3R(cfg, rngs=nnx.Rngs(params=0, dropout=1)))
 
 
 def _copy(tiny) -> VLM3R:
