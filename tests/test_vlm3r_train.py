@@ -106,17 +106,17 @@ def test_overfits_four_videos(tiny):
     # Everything but CUT3R trains here (the from-scratch demo's set): a random frozen SigLIP + LoRA
     # alone would need many more steps to tell four random videos apart.
     graphdef, params, frozen = split_trainable(model, [r"llm\..*", r"vision_tower\..*", *DEFAULT_TRAINABLE])
-    tx, sched = _optim(3e-3, steps=60)
+    tx, sched = _optim(5e-3, steps=40)
     step = jax.jit(make_train_step(graphdef, tx, vlm3r_loss, sched), donate_argnums=0)
     state = TrainState.create(params, tx)
     batch = _micro(_batch(4, seed=0, distinct_answers=True))
     losses = []
-    for _ in range(60):
+    for _ in range(40):
         state, m = step(state, frozen, batch)
         losses.append(float(m["loss"]))
     # 4 answers + eos, 8 labelled tokens: chance is ln(48) = 3.9 per token
     assert losses[0] > 2.0, losses[:3]
-    assert losses[-1] < 0.05, losses[-5:]
+    assert losses[-1] < 0.05, losses[::5]
 
 
 def test_paper_trainable_set_only_lora_fusion_projector_change(tiny):
