@@ -6,7 +6,7 @@
 4. evaluate on the held-out scenes with the VSI-Bench metrics next to the blind baselines,
 5. answer one question about one generated video, and save a loss-curve PNG.
 
-    python -m launch.demo [--workdir runs/demo] [--steps 400] [--scenes 60]
+    python -m launch.demo [--workdir runs/demo] [--steps 300] [--scenes 120] [--set optim.lr=3e-3 ...]
 
 Re-running resumes: finished stages are skipped (data, tokenizer) or resumed (training, eval).
 """
@@ -67,7 +67,7 @@ def make_data(out: str, scenes: int, seed: int, overrides: list[str] | None = No
     return out
 
 
-def make_tokenizer(data: str, out: str) -> str:
+def make_tokenizer(data: str, out: str, split_digits: bool = True) -> str:
     from data_pipeline.tokenizer_build import build_tokenizer
 
     if os.path.exists(os.path.join(out, "tokenizer.json")):
@@ -81,7 +81,40 @@ def make_tokenizer(data: str, out: str) -> str:
             for line in f:
                 r = json.loads(line)
                 texts += [r["question"], *(r.get("options") or [])]
-    return build_tokenizer(texts, out, vocab_size=768)
+    return build_tokenizer(texts, out, vocab_size=768, split_digits=split_digits)
+
+
+def group_by_scene(data: str, per_row: int, seed: int, name: str = "train_grouped.json") -> str:
+    """``train_llava.json`` -> multi-turn records: up to ``per_row`` shuffled questions about one
+    scene share one conversation (the video appears once, in the first user turn). A short CPU run
+    then sees ``per_row`` times more answers per encoded video; evaluation stays single-turn."""
+    import random
+
+    out = os.path.join(data, name)
+    if per_row <= 1:
+        return os.path.join(data, "train_llava.json")
+    with open(os.path.join(data, "train_llava.json"), encoding="utf-8") as f:
+        rows = json.load(f)
+    by_video: dict[str, list[dict]] = {}
+    for r in rows:
+        by_video.setdefault(r["video"], []).append(r)
+    rng = random.Random(seed)
+    grouped = []
+    for video in sorted(by_video):
+        recs = by_video[video]
+        rng.shuffle(recs)
+        for i in range(0, len(recs), per_row):
+            chunk = recs[i:i + per_row]
+            conv = []
+            for j, r in enumerate(chunk):
+                q, a = r["conversations"][0]["value"], r["conversations"][1]["value"]
+                conv += [{"from": "human", "value": q if j == 0 else q.replace("<image>\n", "", 1)},
+                         {"from": "gpt", "value": a}]
+            grouped.append({**{k: v for k, v in chunk[0].items() if k != "conversations"},
+                            "id": f"{chunk[0]['id']}+{len(chunk) - 1}", "conversations": conv})
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(grouped, f)
+    return out
 
 
 def loss_curve(workdir: str, path: str) -> str:
@@ -128,9 +161,10 @@ def blind_rows(data: str, out: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
-    ap.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
-    ap.add_argument("--batch-size", type=int, default=16, help="global batch size (default 16)")
-    ap.add_argument("--scenes", type=int, default=60, help="procedural scenes to generate (default 60)")
+    ap.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="global batch size in rows of data.questions_per_row questions each (default 8)")
+    ap.add_argument("--scenes", type=int, default=120, help="procedural scenes to generate (default 120)")
     ap.add_argument("--eval-limit", type=int, default=0, help="evaluate only the first N questions (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -154,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = demo_tiny.get_config()
     cfg.data.root = data
     cfg.data.tokenizer_dir = tok_dir
+    cfg.data.train_files = [group_by_scene(data, cfg.data.questions_per_row, args.seed)]
     cfg.train.steps = args.steps
     cfg.train.batch_size = args.batch_size
     cfg.train.seed = args.seed
