@@ -67,7 +67,7 @@ def make_data(out: str, scenes: int, seed: int, overrides: list[str] | None = No
     return out
 
 
-def make_tokenizer(data: str, out: str, split_digits: bool = True) -> str:
+def make_tokenizer(data: str, out: str, split_digits: bool = False) -> str:
     from data_pipeline.tokenizer_build import build_tokenizer
 
     if os.path.exists(os.path.join(out, "tokenizer.json")):
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
     ap.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    ap.add_argument("--batch-size", type=int, default=8,
-                    help="global batch size in rows of data.questions_per_row questions each (default 8)")
+    ap.add_argument("--batch-size", type=int, default=16,
+                    help="global batch size in rows of data.questions_per_row questions each (default 16)")
     ap.add_argument("--scenes", type=int, default=120, help="procedural scenes to generate (default 120)")
     ap.add_argument("--eval-limit", type=int, default=0, help="evaluate only the first N questions (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     data = make_data(os.path.join(wd, "data"), args.scenes, args.seed, args.data_set)
     t_data = time.time() - t0
     _say("2/5 tokenizer and tiny VLM-3R")
-    tok_dir = make_tokenizer(data, os.path.join(wd, "tokenizer"))
     cfg = demo_tiny.get_config()
+    apply_overrides(cfg, [p for p in args.set if p.startswith("data.split_digits=")], "--set")
+    tok_dir = make_tokenizer(data, os.path.join(wd, "tokenizer"), split_digits=bool(cfg.data.split_digits))
     cfg.data.root = data
     cfg.data.tokenizer_dir = tok_dir
     cfg.data.train_files = [group_by_scene(data, cfg.data.questions_per_row, args.seed)]
