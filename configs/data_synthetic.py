@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import ml_collections
 
+# training question types whose benchmark counterpart is in VSI-Bench (data_pipeline.engine.formats.VSI_EVAL_NAME)
+VSI_TRAIN_TYPES = (
+    "object_counting", "object_size_estimation", "room_size_estimation", "object_abs_distance",
+    "object_rel_distance_v1", "object_rel_direction_v1", "object_rel_direction_v2", "object_rel_direction_v3",
+    "route_planning", "obj_appearance_order",
+)
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -36,7 +43,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.tasks = ""  # comma-separated question types; empty = all
     c.eval_per_task = 60  # cap per benchmark question_type in the eval files (balance)
     c.contact_sheet_scenes = 4
-    if preset == "tiny":
+    if preset in ("tiny", "demo"):
         # README demo: ~60 small scenes in well under a minute on 2 cores
         c.num_scenes = 60
         c.num_frames = 16
@@ -46,6 +53,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         c.write_color_frames = False
         c.write_depth = False
         c.eval_per_task = 20
-    elif preset != "default":
-        raise ValueError(f"unknown preset {preset!r}; use 'default' or 'tiny' (configs/data_synthetic.py:tiny)")
+    if preset == "demo":
+        # launch/demo.py: the demo evaluates VSI-Bench only, so it generates only the VSI-Bench
+        # question types (the VSTI-Bench camera questions would take half of a short CPU run)
+        c.tasks = ",".join(VSI_TRAIN_TYPES)
+    elif preset not in ("default", "tiny"):
+        raise ValueError(f"unknown preset {preset!r}; use 'default', 'tiny' or 'demo' (configs/data_synthetic.py:tiny)")
     return c

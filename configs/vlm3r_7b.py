@@ -51,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.num_frames = 32
     c.data.siglip_size = 384
     c.data.length_buckets = (256, 512, 1024)
+    c.data.label_policy = "official"  # the released recipe (the demo trains on answers only)
+    c.data.questions_per_row = 1
     c.train.steps = 5 * 1600  # 5 epochs of ~205K QA at global batch 128
     c.train.batch_size = 128
     c.train.grad_accum_steps = 16

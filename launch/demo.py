@@ -6,7 +6,7 @@
 4. evaluate on the held-out scenes with the VSI-Bench metrics next to the blind baselines,
 5. answer one question about one generated video, and save a loss-curve PNG.
 
-    python -m launch.demo [--workdir runs/demo] [--steps 400] [--scenes 60]
+    python -m launch.demo [--workdir runs/demo] [--steps 300] [--scenes 120] [--set optim.lr=3e-3 ...]
 
 Re-running resumes: finished stages are skipped (data, tokenizer) or resumed (training, eval).
 """
@@ -14,6 +14,7 @@ Re-running resumes: finished stages are skipped (data, tokenizer) or resumed (tr
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -24,21 +25,49 @@ def _say(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
-def make_data(out: str, scenes: int, seed: int) -> str:
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string such as answers_only
+
+
+def apply_overrides(cfg, pairs: list[str], what: str) -> None:
+    """``["train.steps=100", "optim.lr=1e-3"]`` -> set on ``cfg`` (unknown keys fail with the valid ones)."""
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"{what} override {pair!r} is not KEY=VALUE")
+        key, text = pair.split("=", 1)
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if part not in node:
+                raise KeyError(f"{what}: no section {part!r} in {key!r}; valid: {sorted(node.keys())}")
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"{what}: no field {leaf!r} in {key!r}; valid: {sorted(node.keys())}")
+        value = _parse_value(text)
+        if isinstance(node[leaf], (list, tuple)) and isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        node[leaf] = value
+
+
+def make_data(out: str, scenes: int, seed: int, overrides: list[str] | None = None) -> str:
     from configs import data_synthetic
     from data_pipeline.make_dataset import make_dataset
 
     if os.path.exists(os.path.join(out, "stats.json")):
         print(f"dataset exists: {out}")
         return out
-    cfg = data_synthetic.get_config("tiny")
+    cfg = data_synthetic.get_config("demo")
     cfg.num_scenes = scenes
     cfg.seed = seed
+    apply_overrides(cfg, overrides or [], "--data-set")
     make_dataset(cfg, out)
     return out
 
 
-def make_tokenizer(data: str, out: str) -> str:
+def make_tokenizer(data: str, out: str, split_digits: bool = False) -> str:
     from data_pipeline.tokenizer_build import build_tokenizer
 
     if os.path.exists(os.path.join(out, "tokenizer.json")):
@@ -52,7 +81,40 @@ def make_tokenizer(data: str, out: str) -> str:
             for line in f:
                 r = json.loads(line)
                 texts += [r["question"], *(r.get("options") or [])]
-    return build_tokenizer(texts, out, vocab_size=768)
+    return build_tokenizer(texts, out, vocab_size=768, split_digits=split_digits)
+
+
+def group_by_scene(data: str, per_row: int, seed: int, name: str = "train_grouped.json") -> str:
+    """``train_llava.json`` -> multi-turn records: up to ``per_row`` shuffled questions about one
+    scene share one conversation (the video appears once, in the first user turn). A short CPU run
+    then sees ``per_row`` times more answers per encoded video; evaluation stays single-turn."""
+    import random
+
+    out = os.path.join(data, name)
+    if per_row <= 1:
+        return os.path.join(data, "train_llava.json")
+    with open(os.path.join(data, "train_llava.json"), encoding="utf-8") as f:
+        rows = json.load(f)
+    by_video: dict[str, list[dict]] = {}
+    for r in rows:
+        by_video.setdefault(r["video"], []).append(r)
+    rng = random.Random(seed)
+    grouped = []
+    for video in sorted(by_video):
+        recs = by_video[video]
+        rng.shuffle(recs)
+        for i in range(0, len(recs), per_row):
+            chunk = recs[i:i + per_row]
+            conv = []
+            for j, r in enumerate(chunk):
+                q, a = r["conversations"][0]["value"], r["conversations"][1]["value"]
+                conv += [{"from": "human", "value": q if j == 0 else q.replace("<image>\n", "", 1)},
+                         {"from": "gpt", "value": a}]
+            grouped.append({**{k: v for k, v in chunk[0].items() if k != "conversations"},
+                            "id": f"{chunk[0]['id']}+{len(chunk) - 1}", "conversations": conv})
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(grouped, f)
+    return out
 
 
 def loss_curve(workdir: str, path: str) -> str:
@@ -99,11 +161,16 @@ def blind_rows(data: str, out: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
-    ap.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
-    ap.add_argument("--batch-size", type=int, default=16, help="global batch size (default 16)")
-    ap.add_argument("--scenes", type=int, default=60, help="procedural scenes to generate (default 60)")
+    ap.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    ap.add_argument("--batch-size", type=int, default=16,
+                    help="global batch size in rows of data.questions_per_row questions each (default 16)")
+    ap.add_argument("--scenes", type=int, default=120, help="procedural scenes to generate (default 120)")
     ap.add_argument("--eval-limit", type=int, default=0, help="evaluate only the first N questions (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of configs/demo_tiny.py, e.g. --set optim.lr=1e-3 (repeatable)")
+    ap.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of configs/data_synthetic.py:demo, e.g. --data-set num_per_task=8")
     args = ap.parse_args(argv)
 
     from configs import demo_tiny, eval_vsibench
@@ -114,18 +181,24 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     wd = os.path.abspath(args.workdir)
     _say("1/5 procedural scene dataset")
-    data = make_data(os.path.join(wd, "data"), args.scenes, args.seed)
+    data = make_data(os.path.join(wd, "data"), args.scenes, args.seed, args.data_set)
+    t_data = time.time() - t0
     _say("2/5 tokenizer and tiny VLM-3R")
-    tok_dir = make_tokenizer(data, os.path.join(wd, "tokenizer"))
     cfg = demo_tiny.get_config()
+    apply_overrides(cfg, [p for p in args.set if p.startswith("data.split_digits=")], "--set")
+    tok_dir = make_tokenizer(data, os.path.join(wd, "tokenizer"), split_digits=bool(cfg.data.split_digits))
     cfg.data.root = data
     cfg.data.tokenizer_dir = tok_dir
+    cfg.data.train_files = [group_by_scene(data, cfg.data.questions_per_row, args.seed)]
     cfg.train.steps = args.steps
     cfg.train.batch_size = args.batch_size
     cfg.train.seed = args.seed
     cfg.model.seed = args.seed
+    apply_overrides(cfg, args.set, "--set")
     _say(f"3/5 training {args.steps} steps (checkpoints in {wd}/train/checkpoints)")
+    t1 = time.time()
     result, model_dir = vlm3r_task.run(cfg, os.path.join(wd, "train"))
+    t_train = time.time() - t1
     curve = loss_curve(os.path.join(wd, "train"), os.path.join(wd, "loss_curve.png"))
     first = result.history[0]["loss"] if result.history else float("nan")
     last = result.history[-1]["loss"] if result.history else float("nan")
@@ -143,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     ecfg.include_paper_row = False
     ecfg.baselines = ",".join(f"{k}={v}" for k, v in baselines.items())
     ecfg.chart_baseline = "blind prior"
+    t2 = time.time()
     res = eval_launcher.run(ecfg, os.path.join(wd, "eval", "model"))  # prints the table
+    t_eval = time.time() - t2
 
     _say("5/5 a question about one generated video")
     model = api.load_vlm3r(model_dir, num_frames=cfg.data.num_frames)
@@ -156,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     answer = model.answer(video, question, max_new_tokens=16)
     print(f"video:    {video}\nquestion: {question}\nanswer:   {answer!r} (ground truth {rec['ground_truth']!r})")
     overall = (res or {}).get("scores", {}).get("overall")
-    print(f"\ndone in {time.time() - t0:.0f} s. overall={overall}; outputs under {wd}")
+    print(f"\ndone in {time.time() - t0:.0f} s (data {t_data:.0f} s, training {t_train:.0f} s, eval {t_eval:.0f} s). "
+          f"overall={overall}; outputs under {wd}")
     return 0
 
 

@@ -113,10 +113,12 @@ class VLM3R(nnx.Module):
     def geometry_tokens(self, frames: jax.Array) -> jax.Array:
         """frames [B, F, H, W, 3] (SigLIP view) -> CUT3R tokens [B, F, G, Dg] per ``spatial_select``.
 
-        Each video is its own recurrence (batch axis = videos). CUT3R is frozen: no gradient."""
+        Each video is its own recurrence (batch axis = videos). No ``stop_gradient``: what trains is
+        decided by the trainable set (``vlm3r_jax.train.trainable``); frozen CUT3R params are
+        constants of the differentiated function, so autodiff computes nothing for them."""
         x = self.geometry_input(frames)
         tokens = self.spatial_tower.tokens(x)  # [B, F, 1 + N, Dg], camera token first
-        return jax.lax.stop_gradient(self.select_geometry(tokens))
+        return self.select_geometry(tokens)
 
     def geometry_input(self, frames: jax.Array) -> jax.Array:
         """SigLIP-view frames [..., H, W, 3] -> CUT3R's input (bilinear resize, geometry dtype)."""
@@ -134,9 +136,10 @@ class VLM3R(nnx.Module):
         return tokens
 
     def visual_features(self, frames: jax.Array) -> jax.Array:
-        """frames [B, F, H, W, 3] -> SigLIP patch features [B*F, P, Dv] (frozen)."""
-        feats = self.vision_tower.features(rearrange(frames, "b f h w c -> (b f) h w c"))
-        return jax.lax.stop_gradient(feats)
+        """frames [B, F, H, W, 3] -> SigLIP patch features [B*F, P, Dv]. Frozen in the paper's
+        recipe by leaving it out of the trainable set (a ``stop_gradient`` here would silently
+        freeze it also when a config asks to train it, as the from-scratch demo does)."""
+        return self.vision_tower.features(rearrange(frames, "b f h w c -> (b f) h w c"))
 
     def fuse(self, features: jax.Array, geometry: jax.Array) -> jax.Array:
         """features [B*F, P, D] (SigLIP features, or projected ones for the variants that run after

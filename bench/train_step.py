@@ -1,0 +1,322 @@
+"""Train-step benchmark: MFU against this machine's measured matmul peak, and the data-wait share
+of step time when batches come from the Grain pipeline.
+
+    python bench/train_step.py                # ~100M-param VLM-3R-shaped model on CPU (minutes)
+    python bench/train_step.py --tiny         # smoke run, < 1 min
+    python bench/train_step.py --gpu7b        # accelerator: 7B-shaped LoRA step in bf16 (synthetic batch)
+
+CPU run: the peak is the best FLOP/s of a large float32 ``jnp.dot`` timed in the same process.
+A procedural-scene dataset (data_pipeline.make_dataset) feeds the real Grain pipeline; every step
+is split into data wait (``next(iterator)`` + host->device) and compute (the jitted step until its
+result is ready). FLOPs per step come from XLA's cost analysis of the compiled step (the whole
+model: SigLIP, CUT3R forward, fusion, projector, LLM forward + backward); the usual 6*N*tokens LLM
+estimate is printed next to it.
+
+--gpu7b: the released shapes (configs/vlm3r_7b.py: Qwen2-7B + SigLIP so400m + CUT3R 512) in bf16
+with the paper's trainable set (LoRA r=128 + fusion + projector), one synthetic video + prompt per
+device, against the card's dense bf16 peak (table below, or --peak-tflops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+# dense bf16 peak (TFLOP/s) by device_kind prefix, for --gpu7b without --peak-tflops
+GPU_BF16_PEAK_TFLOPS = {"NVIDIA H100": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100": 312.0, "NVIDIA L4": 121.0,
+                        "TPU v5p": 459.0, "TPU v6": 918.0, "TPU v5 lite": 197.0, "TPU v4": 275.0}
+
+# ~100M parameters, VLM-3R-shaped (configs/vlm3r_tiny.py structure, wider): LLM 8 x 768 with a
+# 32000-token vocabulary (~98M), SigLIP 4 x 384 at 128 px, CUT3R 256/128, 4 frames.
+MODEL_100M = dict(
+    llm=dict(hidden_size=768, num_layers=8, num_heads=12, num_kv_heads=4, intermediate_size=2048),
+    vision=dict(image_size=128, patch_size=16, hidden_size=384, intermediate_size=1536, num_hidden_layers=4,
+                num_attention_heads=6),
+    geometry=dict(patch_size=16, enc_embed_dim=256, enc_depth=4, enc_num_heads=4, dec_embed_dim=128, dec_depth=2,
+                  dec_num_heads=4, state_size=64, state_dec_num_heads=4, local_mem_size=16),
+    geometry_image_size=(128, 128), fusion_heads=6, vocab=32000, frames=4, batch=4,
+)
+MODEL_TINY = dict(
+    llm=dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
+    vision=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4),
+    geometry=dict(patch_size=16, enc_embed_dim=32, enc_depth=1, enc_num_heads=2, dec_embed_dim=32, dec_depth=1,
+                  dec_num_heads=2, state_size=8, state_dec_num_heads=2, local_mem_size=4),
+    geometry_image_size=(32, 32), fusion_heads=4, vocab=0, frames=2, batch=4,
+)
+
+
+def matmul_peak(n: int, dtype=jnp.float32, repeats: int = 5) -> float:
+    """Best FLOP/s of an [n, n] x [n, n] ``jnp.dot`` (2 n^3 FLOPs) on the default device."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(k1, (n, n), dtype)
+    b = jax.random.normal(k2, (n, n), dtype)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best
+
+
+def step_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled function, from XLA's cost analysis (None if unavailable)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def run_config(shape: dict, data_root: str, tok_dir: str, batch: int, frames: int, workers: int):
+    """configs/demo_tiny.py with the benchmark's model shapes."""
+    from configs import demo_tiny
+
+    cfg = demo_tiny.get_config()
+    m = cfg.model
+    m.llm.update(shape["llm"])
+    m.vision.update(shape["vision"])
+    m.geometry.update(shape["geometry"])
+    m.geometry_image_size = shape["geometry_image_size"]
+    m.fusion.num_heads = shape["fusion_heads"]
+    cfg.data.root = data_root
+    cfg.data.tokenizer_dir = tok_dir
+    cfg.data.num_frames = frames
+    cfg.data.siglip_size = shape["vision"]["image_size"]
+    cfg.data.worker_count = workers
+    cfg.data.label_policy = "answers_only"
+    cfg.data.length_buckets = (256,)  # one static shape: one compile, every step timed alike
+    cfg.train.batch_size = batch
+    return cfg
+
+
+def make_data(root: str, scenes: int) -> tuple[str, str]:
+    from configs import data_synthetic
+    from data_pipeline.make_dataset import make_dataset
+    from launch.demo import make_tokenizer
+
+    data = os.path.join(root, "data")
+    if not os.path.exists(os.path.join(data, "stats.json")):
+        c = data_synthetic.get_config("demo")
+        c.num_scenes, c.num_workers, c.eval_fraction = scenes, 1, 0.25
+        make_dataset(c, data, progress=False)
+    return data, make_tokenizer(data, os.path.join(root, "tokenizer"))
+
+
+def cpu_benchmark(args) -> dict:
+    from vlm3r_jax.models.vlm3r import VLM3R, vlm3r_loss
+    from vlm3r_jax.train import vlm3r_task
+    from vlm3r_jax.train.fast_init import numpy_init
+    from vlm3r_jax.train.loop import _to_micro
+    from vlm3r_jax.train.optimizer import make_optimizer
+    from vlm3r_jax.train.state import TrainState
+    from vlm3r_jax.train.step import make_train_step
+    from vlm3r_jax.train.trainable import split_trainable
+
+    shape = MODEL_TINY if args.tiny else MODEL_100M
+    peak = matmul_peak(512 if args.tiny else args.matmul_size)
+    print(f"matmul peak ({jax.devices()[0].device_kind}, f32): {peak / 1e9:.1f} GFLOP/s")
+
+    root = args.workdir or tempfile.mkdtemp(prefix="bench_train_step_")
+    data, tok_dir = make_data(root, 4 if args.tiny else 8)
+    batch, frames = args.batch or shape["batch"], args.frames or shape["frames"]
+    cfg = run_config(shape, data, tok_dir, batch, frames, args.workers)
+    from data_pipeline.tokenizer import QwenTokenizer
+
+    tok = QwenTokenizer.from_dir(tok_dir)
+    vcfg = vlm3r_task.vlm3r_config(cfg.model, tok)
+    if shape["vocab"]:  # a realistic vocabulary (only the tokenizer's ids occur; the head is full size)
+        vcfg = vcfg.replace(llm=dataclasses.replace(vcfg.llm, vocab_size=shape["vocab"]))
+    graphdef, state = numpy_init(lambda: VLM3R(vcfg, rngs=nnx.Rngs(params=0, dropout=1)))
+    model = nnx.merge(graphdef, state)
+    model.train()
+    graphdef, params, frozen = split_trainable(model, list(cfg.train.trainable))
+    n_total = sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
+    n_train = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    tx, _ = make_optimizer(cfg.optim, args.steps + 1)
+    tstate = TrainState.create(params, tx)
+    it = vlm3r_task.train_iterator(cfg, vcfg, tok)
+    try:
+        host = next(it)
+        first = {k: jnp.asarray(v) for k, v in _to_micro(host, 1).items()}
+        t = time.perf_counter()
+        compiled = jax.jit(make_train_step(graphdef, tx, vlm3r_loss), donate_argnums=0).lower(
+            tstate, frozen, first).compile()
+        compile_s = time.perf_counter() - t
+        flops = step_flops(compiled)
+        tstate, m = compiled(tstate, frozen, first)
+        float(m["loss"])
+        rows = []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            host = next(it)
+            b = {k: jnp.asarray(v) for k, v in _to_micro(host, 1).items()}
+            jax.block_until_ready(b)
+            t1 = time.perf_counter()
+            if any(b[k].shape != first[k].shape for k in first):
+                raise RuntimeError(f"batch shapes changed: { {k: b[k].shape for k in first} }")
+            tstate, m = compiled(tstate, frozen, b)
+            loss = float(m["loss"])
+            t2 = time.perf_counter()
+            rows.append((t1 - t0, t2 - t1, loss))
+    finally:
+        it.close()
+    wait = np.array([r[0] for r in rows])
+    comp = np.array([r[1] for r in rows])
+    step_s = float(np.mean(wait + comp))
+    seq = int(np.prod(first["attention_mask"].shape))
+    spliced = seq - batch + batch * vcfg.num_video_tokens(frames)
+    c = vcfg.llm
+    llm_params = c.num_layers * (2 * c.hidden_size * c.num_heads * c.head_dim + 2 * c.hidden_size * c.num_kv_heads
+                                 * c.head_dim + 3 * c.hidden_size * c.intermediate_size) + c.hidden_size * c.vocab_size
+    flops_6n = 6.0 * llm_params * spliced
+    out = {
+        "device": jax.devices()[0].device_kind, "preset": "tiny" if args.tiny else "100m",
+        "params_total": int(n_total), "params_trainable": int(n_train), "batch": batch, "frames": frames,
+        "tokens_per_step": int(spliced), "compile_s": round(compile_s, 1), "steps_timed": len(rows),
+        "step_s": round(step_s, 4), "compute_s": round(float(comp.mean()), 4), "data_wait_s": round(float(wait.mean()), 4),
+        "data_wait_share": round(float(wait.sum() / (wait.sum() + comp.sum())), 4),
+        "matmul_peak_gflops": round(peak / 1e9, 2),
+        "step_gflop_xla": None if flops is None else round(flops / 1e9, 2),
+        "mfu_xla": None if flops is None else round(flops / float(comp.mean()) / peak, 4),
+        "step_gflop_6n_llm": round(flops_6n / 1e9, 2), "mfu_6n_llm": round(flops_6n / float(comp.mean()) / peak, 4),
+        "final_loss": round(rows[-1][2], 4),
+    }
+    return out
+
+
+def gpu7b_benchmark(args) -> dict:
+    """7B-shaped VLM-3R, bf16, paper's LoRA trainable set, synthetic batch (no data pipeline)."""
+    from configs import vlm3r_7b
+    from vlm3r_jax.models.lora import LoRAConfig
+    from vlm3r_jax.models.vlm3r import DEFAULT_TRAINABLE, LLM_LORA_TARGETS, VLM3R, vlm3r_loss
+    from vlm3r_jax.train import vlm3r_task
+    from vlm3r_jax.train.optimizer import make_optimizer
+    from vlm3r_jax.train.state import TrainState
+    from vlm3r_jax.train.step import make_train_step
+    from vlm3r_jax.train.trainable import split_trainable
+
+    class _Tok:  # vlm3r_config only needs the vocabulary size and the stop ids
+        im_end_id, eos_id = 151645, 151643
+
+        def __len__(self):
+            return 152064
+
+    m = vlm3r_7b.model_config()
+    frames = args.frames or 32
+    if args.tiny:  # the same code path with tiny shapes (CPU smoke test of this function)
+        for k, v in MODEL_TINY.items():
+            if k in ("llm", "vision", "geometry"):
+                m[k].update(v)
+        m.vision.num_layers_used = None
+        m.geometry_image_size = MODEL_TINY["geometry_image_size"]
+        m.fusion.num_heads = MODEL_TINY["fusion_heads"]
+        m.lora.rank = 4
+        frames = args.frames or 2
+    vcfg = vlm3r_task.vlm3r_config(m, _Tok(), dtype="bfloat16")
+    vcfg = vcfg.replace(llm=dataclasses.replace(vcfg.llm, param_dtype="bfloat16"),
+                        lora=LoRAConfig(rank=m.lora.rank, alpha=m.lora.alpha, dropout=m.lora.dropout,
+                                        targets=LLM_LORA_TARGETS))
+    if args.tiny:
+        vcfg = vcfg.replace(llm=dataclasses.replace(vcfg.llm, vocab_size=512))
+    batch = args.batch or jax.device_count()
+    t = time.perf_counter()
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: VLM3R(vcfg, rngs=nnx.Rngs(params=0, dropout=1))))
+    state = jax.jit(lambda: nnx.split(VLM3R(vcfg, rngs=nnx.Rngs(params=0, dropout=1)))[1])()
+    model = nnx.merge(graphdef, state)
+    model.train()
+    init_s = time.perf_counter() - t
+    graphdef, params, frozen = split_trainable(model, list(DEFAULT_TRAINABLE), include_lora=True)
+    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)  # fp32 master weights
+    n_train = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    n_total = n_train + sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(frozen, nnx.Param)))
+    cfg_optim = vlm3r_7b.get_config().optim
+    tx, _ = make_optimizer(cfg_optim, args.steps + 1)
+    tstate = TrainState.create(params, tx)
+    text = args.text_tokens
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 1000, (batch, text)).astype(np.int32)
+    ids[:, 5] = vcfg.video_token_id
+    labels = np.full_like(ids, -100)
+    labels[:, -8:] = ids[:, -8:]
+    size = vcfg.vision.image_size
+    b = {"input_ids": ids[None], "labels": labels[None], "attention_mask": np.ones_like(ids)[None],
+         "frames": rng.uniform(-1, 1, (1, batch, frames, size, size, 3)).astype(np.float32)}
+    b = jax.tree_util.tree_map(jnp.asarray, b)
+    t = time.perf_counter()
+    compiled = jax.jit(make_train_step(graphdef, tx, vlm3r_loss), donate_argnums=0).lower(tstate, frozen, b).compile()
+    compile_s = time.perf_counter() - t
+    flops = step_flops(compiled)
+    tstate, mt = compiled(tstate, frozen, b)
+    float(mt["loss"])
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        tstate, mt = compiled(tstate, frozen, b)
+        float(mt["loss"])
+        times.append(time.perf_counter() - t)
+    kind = jax.devices()[0].device_kind
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+        (v * 1e12 for k, v in GPU_BF16_PEAK_TFLOPS.items() if kind.startswith(k)), None)
+    step_s = float(np.median(times))
+    tokens = batch * (text - 1 + vcfg.num_video_tokens(frames))
+    c = vcfg.llm
+    llm_params = c.num_layers * (2 * c.hidden_size * c.num_heads * c.head_dim + 2 * c.hidden_size * c.num_kv_heads
+                                 * c.head_dim + 3 * c.hidden_size * c.intermediate_size) + c.hidden_size * c.vocab_size
+    # LoRA: frozen base still needs forward + activation gradients (4N), not weight gradients
+    flops_4n = 4.0 * llm_params * tokens
+    out = {"device": kind, "devices": jax.device_count(), "preset": "7b-tiny-shapes" if args.tiny else "7b",
+           "params_total": int(n_total), "params_trainable": int(n_train), "batch": batch, "frames": frames,
+           "tokens_per_step": int(tokens), "init_s": round(init_s, 1), "compile_s": round(compile_s, 1),
+           "step_s": round(step_s, 4), "step_tflop_xla": None if flops is None else round(flops / 1e12, 3),
+           "step_tflop_4n_llm": round(flops_4n / 1e12, 3), "peak_tflops": None if peak is None else peak / 1e12}
+    if peak:
+        tot = flops if flops is not None else flops_4n
+        out["mfu"] = round(tot / jax.device_count() / step_s / peak, 4)
+        out["mfu_4n_llm"] = round(flops_4n / jax.device_count() / step_s / peak, 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes, a few steps: a < 1 min smoke run")
+    ap.add_argument("--gpu7b", action="store_true", help="7B-shaped LoRA step in bf16 on an accelerator")
+    ap.add_argument("--steps", type=int, default=0, help="timed steps (default 3 tiny / 5 CPU / 10 GPU)")
+    ap.add_argument("--batch", type=int, default=0)
+    ap.add_argument("--frames", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2, help="Grain worker processes (CPU run)")
+    ap.add_argument("--matmul-size", type=int, default=2048)
+    ap.add_argument("--text-tokens", type=int, default=128, help="prompt length of the --gpu7b synthetic batch")
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="--gpu7b: the card's dense bf16 peak")
+    ap.add_argument("--workdir", default="", help="dataset/tokenizer cache (default: a temp dir)")
+    ap.add_argument("--json", default="", help="also write the result here")
+    args = ap.parse_args(argv)
+    args.steps = args.steps or (3 if args.tiny else 10 if args.gpu7b else 5)
+    if args.tiny and not args.gpu7b:
+        args.workers = min(args.workers, 0)  # no worker start-up cost in the smoke run
+    res = gpu7b_benchmark(args) if args.gpu7b else cpu_benchmark(args)
+    print(json.dumps(res, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
