@@ -120,9 +120,9 @@ def make_data(root: str, scenes: int) -> tuple[str, str]:
 
 
 def cpu_benchmark(args) -> dict:
+    from vlm3r_jax.models.host_init import host_init
     from vlm3r_jax.models.vlm3r import VLM3R, vlm3r_loss
     from vlm3r_jax.train import vlm3r_task
-    from vlm3r_jax.train.fast_init import numpy_init
     from vlm3r_jax.train.loop import _to_micro
     from vlm3r_jax.train.optimizer import make_optimizer
     from vlm3r_jax.train.state import TrainState
@@ -143,7 +143,7 @@ def cpu_benchmark(args) -> dict:
     vcfg = vlm3r_task.vlm3r_config(cfg.model, tok)
     if shape["vocab"]:  # a realistic vocabulary (only the tokenizer's ids occur; the head is full size)
         vcfg = vcfg.replace(llm=dataclasses.replace(vcfg.llm, vocab_size=shape["vocab"]))
-    graphdef, state = numpy_init(lambda: VLM3R(vcfg, rngs=nnx.Rngs(params=0, dropout=1)))
+    graphdef, state = nnx.split(host_init(lambda: VLM3R(vcfg, rngs=nnx.Rngs(params=0, dropout=1))))
     model = nnx.merge(graphdef, state)
     model.train()
     graphdef, params, frozen = split_trainable(model, list(cfg.train.trainable))

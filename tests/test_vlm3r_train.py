@@ -19,12 +19,12 @@ from flax import nnx
 from vlm3r_jax import sharding
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 from vlm3r_jax.models.fusion import FusionConfig
+from vlm3r_jax.models.host_init import host_init
 from vlm3r_jax.models.lora import LoRAConfig, LoRAParam
 from vlm3r_jax.models.projector import ProjectorConfig
 from vlm3r_jax.models.qwen2 import Qwen2Config
 from vlm3r_jax.models.siglip import SiglipVisionConfig
 from vlm3r_jax.models.vlm3r import DEFAULT_TRAINABLE, LLM_LORA_TARGETS, VLM3R, VLM3RConfig, vlm3r_loss
-from vlm3r_jax.train.fast_init import numpy_init
 from vlm3r_jax.train.optimizer import make_optimizer
 from vlm3r_jax.train.state import TrainState
 from vlm3r_jax.train.step import make_train_step
@@ -54,7 +54,7 @@ def tiny():
     """(graphdef, full state) of one tiny VLM-3R with LoRA attached; tests merge their own copy.
     numpy-initialised: eager NNX init compiles every initialiser separately (minutes when busy)."""
     cfg = _config()
-    return numpy_init(lambda: VLM3R(cfg, rngs=nnx.Rngs(params=0, dropout=1)))
+    return nnx.split(host_init(lambda: VLM3R(cfg, rngs=nnx.Rngs(params=0, dropout=1))))
 
 
 def _copy(tiny) -> VLM3R:
