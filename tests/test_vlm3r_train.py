@@ -159,6 +159,7 @@ def _geometry_tokens(tiny, frames: np.ndarray) -> np.ndarray:
     return np.asarray(jax.jit(lambda st, x: nnx.merge(graphdef, st).geometry_tokens(x))(state, frames))
 
 
+@pytest.mark.slow  # ~90 s; nightly (launch/test.sh --all); the toy-LM mesh test in test_train_step runs by default
 def test_same_losses_on_one_device_and_eight_device_mesh(tiny):
     """SigLIP, fusion, projector, Qwen2 + LoRA on data=2 x fsdp=2 x tensor=2 vs one device.
 
