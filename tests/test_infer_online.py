@@ -139,3 +139,10 @@ def test_sampling_options_deterministic(model, frames):
     # a penalty below 1 rewards what was said: greedy then cycles through a few tokens
     loop = body(model.generate(ids, pixels, max_new_tokens=12, repetition_penalty=1e-3)[0])
     assert len(set(loop)) <= len(loop) // 3, loop
+
+
+def test_answer_batch_over_different_videos_equals_one_by_one(model, frames):
+    other = H.video(5, size=37, seed=9)
+    qs = [QUESTIONS[0], QUESTIONS[2]]
+    batch = model.answer_batch([frames, other], qs, max_new_tokens=5)
+    assert batch == [model.answer(frames, qs[0], max_new_tokens=5), model.answer(other, qs[1], max_new_tokens=5)]
