@@ -36,8 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlm3r_jax.infer.sampling import SamplingConfig, generate, stop_ids_array
-
 if TYPE_CHECKING:
     from vlm3r_jax.infer.vlm3r_model import VLM3RModel
 
@@ -178,12 +176,8 @@ class VideoStream:
         ids = m.prompt_ids(question)
         m._check(ids[None], None, num_frames=pooled.shape[1])
         embeds, mask = _prefill_pooled(m.graphdef, m.params, jnp.asarray(ids[None]), pooled)
-        scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                              repetition_penalty=repetition_penalty)
-        cache = m.model.llm.init_cache(1, embeds.shape[1] + max_new_tokens)
-        stop, pad = stop_ids_array(m.cfg.llm.eos_token_ids)
-        out = generate(m._step_fn, m._embed_fn, m.params, cache, embeds, mask, jax.random.key(seed), stop, pad,
-                       config=scfg)
+        out = m._decode(embeds, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
         n = int(out.num_tokens[0])
         return m.tokenizer.decode([int(t) for t in np.asarray(out.tokens[0, :n])], skip_special_tokens=True).strip()
 

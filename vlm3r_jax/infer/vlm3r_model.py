@@ -223,13 +223,20 @@ class VLM3RModel:
         b, t = ids.shape
         mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         embeds, emb_mask = self._prefill(self.params, jnp.asarray(ids), frames, mask)
-        cache = self.model.llm.init_cache(b, embeds.shape[1] + max_new_tokens)
+        out = self._decode(embeds, emb_mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                           top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
+        return np.asarray(out.tokens)
+
+    def _decode(self, embeds: jax.Array, mask: jax.Array, *, max_new_tokens: int, temperature: float, top_p: float,
+                top_k: int, repetition_penalty: float, seed: int) -> Any:
+        """Left-aligned prompt embeddings [B, T, D] + mask -> the sampler's output (fresh cache of
+        T + max_new_tokens slots, stopping at the LLM's eos ids)."""
+        cache = self.model.llm.init_cache(embeds.shape[0], embeds.shape[1] + max_new_tokens)
         scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                               repetition_penalty=repetition_penalty)
         stop_ids, pad_id = stop_ids_array(self.cfg.llm.eos_token_ids)
-        out = generate(self._step_fn, self._embed_fn, self.params, cache, embeds, emb_mask,
-                       jax.random.key(seed), stop_ids, pad_id, config=scfg)
-        return np.asarray(out.tokens)
+        return generate(self._step_fn, self._embed_fn, self.params, cache, embeds, mask, jax.random.key(seed),
+                        stop_ids, pad_id, config=scfg)
 
     def prepare_video(self, video: Any, num_frames: int | None = None) -> np.ndarray:
         """A path (video file or frame directory) or uint8 [N, H, W, 3] -> float [n, S, S, 3]
