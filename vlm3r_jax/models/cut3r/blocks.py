@@ -49,7 +49,18 @@ class Mlp(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         h = gelu(self.fc1(x))
         h = constrain(h, ("batch", "length", "act_mlp"))
-        return self.fc2(h)
+        return _residual(self.fc2(h))
+
+
+def _residual(x: jax.Array) -> jax.Array:
+    """Pins a block's input to the residual-stream layout (batch-sharded, embed replicated).
+
+    Without it, a stream produced by a Linear whose output dim is tensor-sharded (``decoder_embed``,
+    the pose memory's ``proj_q``) enters the block sharded over ``tensor`` along ``embed``, and on
+    a data x fsdp x tensor mesh XLA's SPMD partitioner (jax 0.10.2, CPU) then computes the
+    attention output wrongly, by O(1). Pinning the layout at every block entry is also what keeps
+    the collectives predictable."""
+    return constrain(x, ("batch",) + (None,) * (x.ndim - 2) + ("act_embed",))
 
 
 def _heads(x: jax.Array, n: int) -> jax.Array:
@@ -76,7 +87,7 @@ class Attention(nnx.Module):
         if self.rope is not None:
             q, k = self.rope(q, pos), self.rope(k, pos)
         o = dot_product_attention(q, k, v, implementation=self.impl)
-        return self.proj(o.reshape(b, t, d))
+        return _residual(self.proj(o.reshape(b, t, d)))
 
 
 class CrossAttention(nnx.Module):
@@ -103,7 +114,7 @@ class CrossAttention(nnx.Module):
         if self.rope is not None:
             q, k = self.rope(q, qpos), self.rope(k, kpos)
         o = dot_product_attention(q, k, v, implementation=self.impl)
-        return self.proj(o.reshape(b, tq, d))
+        return _residual(self.proj(o.reshape(b, tq, d)))
 
 
 class EncoderBlock(nnx.Module):
@@ -127,6 +138,7 @@ class EncoderBlock(nnx.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, pos: jax.Array | None) -> jax.Array:
+        x = _residual(x)
         x = x + self.attn(self.norm1(x), pos)
         x = constrain(x, ("batch", "length", "act_embed"))
         return x + self.mlp(self.norm2(x))
@@ -160,6 +172,7 @@ class DecoderBlock(nnx.Module):
         self, x: jax.Array, y: jax.Array, xpos: jax.Array | None = None, ypos: jax.Array | None = None
     ) -> jax.Array:
         """x: [B, Tx, D] (updated stream), y: [B, Ty, D] (memory, read only) -> [B, Tx, D]."""
+        x, y = _residual(x), _residual(y)
         x = x + self.attn(self.norm1(x), xpos)
         y_ = self.norm_y(y) if self.norm_y is not None else y
         x = x + self.cross_attn(self.norm2(x), y_, y_, xpos, ypos)
@@ -202,5 +215,6 @@ class ConditionModulationBlock(nnx.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, mod: jax.Array, pos: jax.Array | None) -> jax.Array:
+        x = _residual(x)
         x = x + self.attn(self.norm1(x, mod), pos)
         return x + self.mlp(self.norm2(x, mod))
