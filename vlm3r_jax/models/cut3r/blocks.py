@@ -53,13 +53,13 @@ class Mlp(nnx.Module):
 
 
 def _residual(x: jax.Array) -> jax.Array:
-    """Pins a block's input to the residual-stream layout (batch-sharded, embed replicated).
+    """Pins an activation to the residual-stream layout (batch-sharded, embed replicated).
 
-    Without it, a stream produced by a Linear whose output dim is tensor-sharded (``decoder_embed``,
-    the pose memory's ``proj_q``) enters the block sharded over ``tensor`` along ``embed``, and on
-    a data x fsdp x tensor mesh XLA's SPMD partitioner (jax 0.10.2, CPU) then computes the
-    attention output wrongly, by O(1). Pinning the layout at every block entry is also what keeps
-    the collectives predictable."""
+    Applied to every block input and every attention/MLP output. Without it, on a data x fsdp x
+    tensor mesh a stream whose ``embed`` dim is tensor-sharded (the output of ``decoder_embed`` or
+    of the pose memory's ``proj_q``) meets an fsdp-sharded one (an output projection) in a residual
+    add or concat, and XLA's SPMD partitioner (jax 0.10.2, CPU) computes the attention output
+    wrongly, by O(1). The pins are active under ``sharding.use_mesh`` only."""
     return constrain(x, ("batch",) + (None,) * (x.ndim - 2) + ("act_embed",))
 
 
@@ -140,7 +140,7 @@ class EncoderBlock(nnx.Module):
     def __call__(self, x: jax.Array, pos: jax.Array | None) -> jax.Array:
         x = _residual(x)
         x = x + self.attn(self.norm1(x), pos)
-        x = constrain(x, ("batch", "length", "act_embed"))
+        x = _residual(x)
         return x + self.mlp(self.norm2(x))
 
 
@@ -176,7 +176,7 @@ class DecoderBlock(nnx.Module):
         x = x + self.attn(self.norm1(x), xpos)
         y_ = self.norm_y(y) if self.norm_y is not None else y
         x = x + self.cross_attn(self.norm2(x), y_, y_, xpos, ypos)
-        x = constrain(x, ("batch", "length", "act_embed"))
+        x = _residual(x)
         return x + self.mlp(self.norm3(x))
 
 
