@@ -32,7 +32,7 @@ from data_pipeline.chat_template import (
 )
 from data_pipeline.sources import BadRecordError, is_error
 from data_pipeline.tokenizer import QwenTokenizer
-from data_pipeline.video import VideoError, load_video
+from data_pipeline.video import DecodedVideo, VideoError, load_video
 from data_pipeline.views import ViewConfig, make_views
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,11 @@ class PipelineConfig:
     video_tokens_per_frame: int = 210
     frames_dir_fps: float = 2.0
     system: str = "You are a helpful assistant."
+    # Decoded, view-resized frames of up to this many videos kept per worker process (LRU; 0 = off).
+    # VLM-3R-style data asks many questions about one scene video, so repeat rows skip the decode.
+    # Memory per worker: entries x F x (siglip_size^2 + geometry_size^2) x 3 x 4 bytes. Files are
+    # assumed not to change during a run.
+    video_cache_size: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("train", "eval"):
@@ -83,6 +88,8 @@ class PipelineConfig:
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
         if not self.length_buckets or list(self.length_buckets) != sorted(set(self.length_buckets)):
             raise ValueError(f"length_buckets must be strictly increasing, got {self.length_buckets}")
+        if self.video_cache_size < 0:
+            raise ValueError(f"video_cache_size must be >= 0 (0 = no cache), got {self.video_cache_size}")
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> PipelineConfig:
@@ -148,6 +155,27 @@ class PrepareExample:
         self.views = ViewConfig(cfg.siglip_size, cfg.geometry_size)
         self.template = cfg.template()
         self.augment = augment
+        self._videos: collections.OrderedDict[str, tuple[DecodedVideo, dict]] = collections.OrderedDict()
+
+    def __getstate__(self) -> dict:
+        # Each worker process starts with an empty cache; decoded frames never cross a pickle.
+        return {**self.__dict__, "_videos": collections.OrderedDict()}
+
+    def _video(self, path: str) -> tuple[DecodedVideo, dict]:
+        """(decoded video, its model views), from the per-process LRU when ``video_cache_size`` > 0."""
+        hit = self._videos.get(path)
+        if hit is not None:
+            self._videos.move_to_end(path)
+            return hit
+        video = load_video(path, self.cfg.num_frames, self.cfg.frames_dir_fps)
+        entry = (video, make_views(video.frames, self.views))
+        if self.cfg.video_cache_size > 0:
+            for a in (video.frames, *entry[1].values()):
+                a.flags.writeable = False  # shared by every row of this video: an augment must copy
+            self._videos[path] = entry
+            while len(self._videos) > self.cfg.video_cache_size:
+                self._videos.popitem(last=False)
+        return entry
 
     def __call__(self, index: int, record: dict) -> dict:
         epoch, pos = divmod(int(index), self.epoch_length)
@@ -169,7 +197,7 @@ class PrepareExample:
 
     def _prepare(self, record: dict, epoch: int, pos: int) -> dict:
         cfg = self.cfg
-        video = load_video(record["video"], cfg.num_frames, cfg.frames_dir_fps)
+        video, views = self._video(record["video"])
         conv = [dict(t) for t in record["conversations"]]
         if cfg.mode == "train":
             if cfg.add_time_instruction:
@@ -195,7 +223,7 @@ class PrepareExample:
             "answer": str(record.get("answer", "")),
             "epoch": epoch,
             "index": pos,
-            **make_views(video.frames, self.views),
+            **views,
         }
         if self.augment is not None:
             ex = self.augment(ex, np.random.default_rng([self.cfg.seed, epoch, pos]))

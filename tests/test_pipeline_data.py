@@ -326,3 +326,27 @@ def test_config_dict_round_trip():
         PipelineConfig.from_mapping({"num_frame": 3})
     with pytest.raises(ValueError, match="strictly increasing"):
         PipelineConfig(length_buckets=(64, 32))
+
+
+def test_video_cache_same_batches_fewer_decodes(data, monkeypatch):
+    """video_cache_size > 0: the same batches as without the cache (bad records still skipped),
+    each video decoded once per process however many rows and epochs use it, and the LRU bound
+    holds."""
+    import data_pipeline.pipeline as pipeline_mod
+
+    src = LlavaJsonSource(data["jsonl"], data["root"])
+    base = dict(SMALL, num_epochs=3)
+    want = [_digest(b) for b in make_iterator(src, data["tok"], PipelineConfig(**base), shard=(0, 1))]
+    decoded = []
+    real = pipeline_mod.load_video
+    monkeypatch.setattr(pipeline_mod, "load_video", lambda path, *a: decoded.append(path) or real(path, *a))
+    it = make_iterator(src, data["tok"], PipelineConfig(**base, video_cache_size=16), shard=(0, 1))
+    assert [_digest(b) for b in it] == want
+    good = [p for p in decoded if "scene" in p]
+    assert len(good) == len(set(good)) == 8  # 3 epochs, every scene video decoded once
+    decoded.clear()
+    small = list(make_iterator(src, data["tok"], PipelineConfig(**base, video_cache_size=2), shard=(0, 1)))
+    assert [_digest(b) for b in small] == want
+    assert len([p for p in decoded if "scene" in p]) > 8  # a 2-entry LRU evicts and re-decodes
+    with pytest.raises(ValueError, match="video_cache_size"):
+        PipelineConfig(**base, video_cache_size=-1)

@@ -85,7 +85,8 @@ def pipeline_config(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, mode: str
         batch_size=cfg.train.batch_size, length_buckets=tuple(d.length_buckets), seed=cfg.train.seed,
         num_epochs=None if mode == "train" else 1, drop_remainder=mode == "train", worker_count=d.worker_count,
         add_time_instruction=d.add_time_instruction and mode == "train", label_policy=d.label_policy,
-        max_length=vcfg.model_max_length, video_tokens_per_frame=vcfg.projector.tokens_per_frame())
+        max_length=vcfg.model_max_length, video_tokens_per_frame=vcfg.projector.tokens_per_frame(),
+        video_cache_size=d.get("video_cache_size", 0))
 
 
 def train_iterator(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, tok: QwenTokenizer):
