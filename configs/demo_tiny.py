@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.split_digits = False  # one token per digit in the demo tokenizer (measured worse at 300 steps)
 
     t = c.train = ml_collections.ConfigDict()
-    t.steps = 1200  # ~15 min on a quiet 2-core CPU (0.72 s per step); 300 steps measured worse (docs/demo.md)
+    t.steps = 1200  # ~15 min on a quiet 2-core CPU (0.72 s per step): most of the 20-min budget (docs/demo.md)
     t.batch_size = 16
     t.grad_accum_steps = 1
     t.trainable = [r"llm\..*", r"vision_tower\..*", r"fusion_block\..*", r"mm_projector\..*"]
