@@ -162,20 +162,23 @@ class PrepareExample:
         return {**self.__dict__, "_videos": collections.OrderedDict()}
 
     def _video(self, path: str) -> tuple[DecodedVideo, dict]:
-        """(decoded video, its model views), from the per-process LRU when ``video_cache_size`` > 0."""
+        """(decoded video, its model views), from the per-process LRU when ``video_cache_size`` > 0
+        (a cached video's ``frames`` is empty: the views hold its pixels)."""
         hit = self._videos.get(path)
         if hit is not None:
             self._videos.move_to_end(path)
             return hit
         video = load_video(path, self.cfg.num_frames, self.cfg.frames_dir_fps)
-        entry = (video, make_views(video.frames, self.views))
+        views = make_views(video.frames, self.views)
         if self.cfg.video_cache_size > 0:
-            for a in (video.frames, *entry[1].values()):
+            for a in views.values():
                 a.flags.writeable = False  # shared by every row of this video: an augment must copy
-            self._videos[path] = entry
+            # Rows need only the views and the timing; the raw decoded frames are not kept.
+            video = dataclasses.replace(video, frames=video.frames[:0].copy())  # a view would pin the buffer
+            self._videos[path] = (video, views)
             while len(self._videos) > self.cfg.video_cache_size:
                 self._videos.popitem(last=False)
-        return entry
+        return video, views
 
     def __call__(self, index: int, record: dict) -> dict:
         epoch, pos = divmod(int(index), self.epoch_length)
