@@ -141,12 +141,16 @@ def loss_curve(workdir: str, path: str) -> str:
 
 
 def blind_rows(data: str, out: str) -> dict[str, str]:
-    """Scores of the engine's blind baselines (chance; answer prior fitted on the train split)."""
+    """Scores of the engine's blind baselines: chance, the answer prior fitted on the train split
+    (the demo's target is prior + 10) and the text prior (what reading the question alone gives;
+    absent from datasets made before it existed)."""
     from vlm3r_jax.eval import vsibench
 
     rows = {}
-    for name, label in (("chance", "chance"), ("prior", "blind prior")):
+    for name, label in (("chance", "chance"), ("prior", "blind prior"), ("text_prior", "text prior (blind)")):
         path = os.path.join(data, "baselines", f"vsibench_{name}.jsonl")
+        if name == "text_prior" and not os.path.exists(path):
+            continue
         with open(path, encoding="utf-8") as f:
             samples = [json.loads(line) for line in f]
         scores = vsibench.score(samples)

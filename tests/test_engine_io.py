@@ -95,12 +95,41 @@ def test_eval_records_and_baselines():
     seen = []
     res = baselines.run_baselines(items, {"vsibench": vsi, "vstibench": vsti},
                                   score_fns={"vsibench": lambda s: seen.append(len(s)) or {"overall": 0.0}})
-    assert seen == [len(vsi)] * 2 and res["vsibench"]["prior"]["scores"] == {"overall": 0.0}
-    for s in res["vsibench"]["prior"]["samples"]:
-        if s["options"] is None:
-            float(s["prediction"])
-        else:
-            assert s["prediction"] in "ABCD"
+    assert seen == [len(vsi)] * 3 and res["vsibench"]["prior"]["scores"] == {"overall": 0.0}
+    for kind in ("prior", "text_prior"):
+        for s in res["vsibench"][kind]["samples"]:
+            if s["options"] is None:
+                float(s["prediction"])
+            else:
+                assert s["prediction"] in "ABCD"
+
+
+def _item(qtype, question, gt, options=None, mc=None):
+    return {"question_type": qtype, "question": question, "ground_truth": gt, "options": options, "mc_answer": mc}
+
+
+def test_text_prior_reads_the_question():
+    size = "What is the length of the longest dimension (length, width, or height) of the {}, measured in centimeters?"
+    near = "Measuring from the closest point of each object, which of these objects ({}) is the closest to the {}?"
+    train = [_item("object_size_estimation", size.format("bed"), v) for v in (200, 210, 190)]
+    train += [_item("object_size_estimation", size.format("stool"), v) for v in (50, 55, 60, 45, 52)]
+    # next to a bed the nightstand wins; next to a sofa the table does
+    train += [_item("object_rel_distance_v1", near.format("nightstand, table", "bed"), "nightstand",
+                    ["A. nightstand", "B. table"], "A")] * 3
+    train += [_item("object_rel_distance_v1", near.format("table, nightstand", "sofa"), "table",
+                    ["A. table", "B. nightstand"], "A")] * 4
+    recs = [{"question_type": "object_size_estimation", "question": size.format("bed"), "options": None},
+            {"question_type": "object_size_estimation", "question": size.format("lamp"), "options": None},
+            {"question_type": "object_rel_distance", "question": near.format("table, nightstand", "bed") +
+             "\nIf there are multiple instances of an object category, measure to the closest.",
+             "options": ["A. table", "B. nightstand"]},
+            {"question_type": "object_rel_distance", "question": near.format("nightstand, table", "sofa"),
+             "options": ["A. nightstand", "B. table"]}]
+    fit = baselines.fit_text_prior(train, "vsibench")
+    assert baselines.predict_text_prior(fit, recs, "vsibench") == ["200.0", "57.5", "B", "B"]  # lamp: the type median
+    # the answer prior gives one value per task whatever the question says
+    prior = baselines.fit_prior(train, "vsibench")
+    assert len(set(baselines.predict_prior(prior, recs[:2], "vsibench"))) == 1
 
 
 def test_missing_fps_skips_or_raises():

@@ -9,10 +9,18 @@ layout records; scoring is the evaluation module's job (``vlm3r_jax.eval.vsibenc
 - prior: fitted on the *train* split only. MC: the option whose text is the most frequent
   training answer of that type when it is offered, else the most frequent correct letter.
   Numeric: the mean training answer of that type.
+- text prior: the best a model that reads the question but not the video can do, roughly. Also
+  fitted on the train split. Numeric: the median training answer of the same question text (first
+  line; it names the categories, e.g. "the chair"), else of the type. MC: the option whose text
+  won most often when offered (Laplace-smoothed), per question target ("closest to the bed") and
+  then per type. The demo's target is defined against the prior; this row shows how much of a
+  gain over the prior text alone can explain (docs/demo.md).
 """
 
 from __future__ import annotations
 
+import re
+import statistics
 from collections import Counter
 from collections.abc import Callable
 
@@ -82,19 +90,75 @@ def predict_chance(prior: dict[str, dict], records: list[dict], bench: str, seed
     return preds
 
 
+def _question_key(text: str) -> str:
+    return text.split("\n", 1)[0].strip()
+
+
+def _target(text: str) -> str:
+    m = re.search(r"closest to the (.+?)\?", text)
+    return m.group(1) if m else ""
+
+
+def _option_text(option: str) -> str:
+    return option.split(". ", 1)[1] if ". " in option else option
+
+
+def fit_text_prior(train_items: list[dict], bench: str) -> dict:
+    """-> {"numeric": {(type, question): [values]}, "type_numeric": {type: [values]},
+    "won": Counter, "offered": Counter} keyed by (type, target, option text)."""
+    fit: dict = {"numeric": {}, "type_numeric": {}, "won": Counter(), "offered": Counter()}
+    for it in train_items:
+        t = _eval_type(it, bench)
+        if t is None:
+            continue
+        if is_numeric(it["question_type"]):
+            v = float(it["ground_truth"])
+            fit["numeric"].setdefault((t, _question_key(it["question"])), []).append(v)
+            fit["type_numeric"].setdefault(t, []).append(v)
+            continue
+        answer = {o.split(".", 1)[0]: _option_text(o) for o in it["options"]}.get(str(it["mc_answer"]))
+        for o in it["options"]:
+            text = _option_text(o)
+            for target in (_target(it["question"]), None):
+                fit["offered"][(t, target, text)] += 1
+                fit["won"][(t, target, text)] += text == answer
+    return fit
+
+
+def predict_text_prior(fit: dict, records: list[dict], bench: str) -> list[str]:
+    preds = []
+    for rec in records:
+        t = rec["question_type"]
+        if _record_is_numeric(rec, bench):
+            vals = fit["numeric"].get((t, _question_key(rec["question"]))) or fit["type_numeric"].get(t) or [1.0]
+            preds.append(_fmt(statistics.median(vals)))
+            continue
+
+        def rate(option: str, target: str | None) -> float:
+            key = (t, target, _option_text(option))
+            return (fit["won"][key] + 1) / (fit["offered"][key] + 2)
+
+        target = _target(rec["question"])
+        best = max(rec["options"], key=lambda o: (rate(o, target), rate(o, None)))
+        preds.append(best.split(".", 1)[0])
+    return preds
+
+
 def with_predictions(records: list[dict], preds: list[str]) -> list[dict]:
     return [{**r, "prediction": p} for r, p in zip(records, preds)]
 
 
 def run_baselines(train_items: list[dict], records: dict[str, list[dict]], seed: int = 0,
                   score_fns: dict[str, Callable[[list[dict]], dict]] | None = None) -> dict:
-    """``records``: {"vsibench": [...], "vstibench": [...]} -> {bench: {"chance"|"prior":
+    """``records``: {"vsibench": [...], "vstibench": [...]} -> {bench: {"chance"|"prior"|"text_prior":
     {"samples": [... with "prediction"], "scores": score_fn(samples) or None}}}."""
     out = {}
     for bench, recs in records.items():
         prior = fit_prior(train_items, bench)
         res = {}
-        for kind, preds in (("chance", predict_chance(prior, recs, bench, seed)), ("prior", predict_prior(prior, recs, bench))):
+        kinds = (("chance", predict_chance(prior, recs, bench, seed)), ("prior", predict_prior(prior, recs, bench)),
+                 ("text_prior", predict_text_prior(fit_text_prior(train_items, bench), recs, bench)))
+        for kind, preds in kinds:
             samples = with_predictions(recs, preds)
             fn = (score_fns or {}).get(bench)
             res[kind] = {"samples": samples, "scores": fn(samples) if fn and samples else None}
