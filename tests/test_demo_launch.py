@@ -35,3 +35,20 @@ def test_blind_rows_scores_each_baseline(tmp_path, with_text_prior):
         with open(path, encoding="utf-8") as f:
             scores = json.load(f)
         assert scores["object_counting"] == pytest.approx(100.0) and scores["route_planning"] == 0.0
+
+
+def test_other_scene_records_swaps_only_the_video(tmp_path):
+    recs = [{"id": i, "dataset": "synthetic", "scene_name": s, "question": f"q{i}", "ground_truth": str(i)}
+            for i, s in enumerate(["s2", "s0", "s1", "s0"])]
+    src = tmp_path / "test.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    out = demo.other_scene_records(str(src), str(tmp_path / "eval" / "other.jsonl"))
+    with open(out, encoding="utf-8") as f:
+        got = [json.loads(line) for line in f]
+    assert [g["scene_name"] for g in got] == ["s0", "s1", "s2", "s1"]  # next scene, wrapping around
+    assert [{k: v for k, v in g.items() if k != "scene_name"} for g in got] == \
+        [{k: v for k, v in r.items() if k != "scene_name"} for r in recs]
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(recs[0]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="at least 2 scenes"):
+        demo.other_scene_records(str(one), str(tmp_path / "x.jsonl"))

@@ -125,6 +125,11 @@ def fit_text_prior(train_items: list[dict], bench: str) -> dict:
     return fit
 
 
+def _win_rate(fit: dict, qtype: str, target: str | None, option: str) -> float:
+    key = (qtype, target, _option_text(option))
+    return (fit["won"][key] + 1) / (fit["offered"][key] + 2)  # Laplace: unseen options score 0.5
+
+
 def predict_text_prior(fit: dict, records: list[dict], bench: str) -> list[str]:
     preds = []
     for rec in records:
@@ -134,12 +139,9 @@ def predict_text_prior(fit: dict, records: list[dict], bench: str) -> list[str]:
             preds.append(_fmt(statistics.median(vals)))
             continue
 
-        def rate(option: str, target: str | None) -> float:
-            key = (t, target, _option_text(option))
-            return (fit["won"][key] + 1) / (fit["offered"][key] + 2)
-
         target = _target(rec["question"])
-        best = max(rec["options"], key=lambda o: (rate(o, target), rate(o, None)))
+        best = max(rec["options"], key=lambda o, t=t, target=target: (_win_rate(fit, t, target, o),
+                                                                      _win_rate(fit, t, None, o)))
         preds.append(best.split(".", 1)[0])
     return preds
 
