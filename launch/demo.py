@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
     ap.add_argument("--steps", type=int, default=1200,
-                    help="training steps (default 1200: ~15 min on a quiet 2-core CPU)")
+                    help="training steps (default 1200: 15-19 min on a quiet 2-core CPU)")
     ap.add_argument("--batch-size", type=int, default=16,
                     help="global batch size in rows of data.questions_per_row questions each (default 16)")
     ap.add_argument("--scenes", type=int, default=120, help="procedural scenes to generate (default 120)")
