@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.common import dtype_config, mesh_config
+from vlm3r_jax.train.init import FROM_SCRATCH_MODULES
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -23,7 +24,7 @@ def model_config() -> ml_collections.ConfigDict:
     # init=random only: > 0 redraws the Linear/Embedding weights of these modules from N(0, range),
     # transformers' from-scratch rule (vlm3r_jax/train/init.py); 0 keeps the layers' own init
     m.initializer_range = 0.0
-    m.initializer_modules = ("llm", "mm_projector", "fusion_block")
+    m.initializer_modules = FROM_SCRATCH_MODULES
     m.llm = ml_collections.ConfigDict(dict(
         hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=256,
         rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=4096,

@@ -117,9 +117,10 @@ def fit_text_prior(train_items: list[dict], bench: str) -> dict:
             fit["type_numeric"].setdefault(t, []).append(v)
             continue
         answer = {o.split(".", 1)[0]: _option_text(o) for o in it["options"]}.get(str(it["mc_answer"]))
+        targets = (_target(it["question"]), None)
         for o in it["options"]:
             text = _option_text(o)
-            for target in (_target(it["question"]), None):
+            for target in targets:
                 fit["offered"][(t, target, text)] += 1
                 fit["won"][(t, target, text)] += text == answer
     return fit

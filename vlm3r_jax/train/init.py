@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-HF_INITIALIZER_RANGE = 0.02  # Qwen2Config.initializer_range (and LLaVA's projector when built by from_pretrained)
+# what starts from scratch in the demo; SigLIP keeps its own init (HF's SigLIP init is not N(0, 0.02))
+FROM_SCRATCH_MODULES = ("llm", "mm_projector", "fusion_block")
 
 
 def reinit_normal(model: nnx.Module, std: float, prefixes: Sequence[str], seed: int = 0) -> list[str]:

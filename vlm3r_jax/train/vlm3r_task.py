@@ -77,10 +77,9 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, Qwe
     model = VLM3R(vcfg, rngs=nnx.Rngs(params=m.seed, dropout=m.seed + 1))
     std = float(m.get("initializer_range", 0.0))
     if std > 0:  # from scratch: one weight scale for text embeddings and video tokens (train/init.py)
-        from vlm3r_jax.train.init import reinit_normal
+        from vlm3r_jax.train.init import FROM_SCRATCH_MODULES, reinit_normal
 
-        reinit_normal(model, std, tuple(m.get("initializer_modules", ("llm", "mm_projector", "fusion_block"))),
-                      seed=m.seed)
+        reinit_normal(model, std, tuple(m.get("initializer_modules", FROM_SCRATCH_MODULES)), seed=m.seed)
     return vcfg, model, tok
 
 
