@@ -73,7 +73,7 @@ def predict_prior(prior: dict[str, dict], records: list[dict], bench: str) -> li
         if p is None:
             preds.append("A")
             continue
-        texts = {o.split(". ", 1)[1]: o.split(". ", 1)[0] for o in rec["options"]}
+        texts = {_option_text(o): _option_letter(o) for o in rec["options"]}
         preds.append(texts.get(p["text"], p["letter"]))
     return preds
 
@@ -86,7 +86,7 @@ def predict_chance(prior: dict[str, dict], records: list[dict], bench: str, seed
             vals = prior.get(rec["question_type"], {}).get("values") or [1.0]
             preds.append(_fmt(float(vals[int(rng.integers(len(vals)))])))
         else:
-            preds.append(rec["options"][int(rng.integers(len(rec["options"])))].split(".", 1)[0])
+            preds.append(_option_letter(rec["options"][int(rng.integers(len(rec["options"])))]))
     return preds
 
 
@@ -103,6 +103,10 @@ def _option_text(option: str) -> str:
     return option.split(". ", 1)[1] if ". " in option else option
 
 
+def _option_letter(option: str) -> str:
+    return option.split(".", 1)[0]
+
+
 def fit_text_prior(train_items: list[dict], bench: str) -> dict:
     """-> {"numeric": {(type, question): [values]}, "type_numeric": {type: [values]},
     "won": Counter, "offered": Counter} keyed by (type, target, option text)."""
@@ -116,7 +120,7 @@ def fit_text_prior(train_items: list[dict], bench: str) -> dict:
             fit["numeric"].setdefault((t, _question_key(it["question"])), []).append(v)
             fit["type_numeric"].setdefault(t, []).append(v)
             continue
-        answer = {o.split(".", 1)[0]: _option_text(o) for o in it["options"]}.get(str(it["mc_answer"]))
+        answer = {_option_letter(o): _option_text(o) for o in it["options"]}.get(str(it["mc_answer"]))
         targets = (_target(it["question"]), None)
         for o in it["options"]:
             text = _option_text(o)
@@ -143,7 +147,7 @@ def predict_text_prior(fit: dict, records: list[dict], bench: str) -> list[str]:
         target = _target(rec["question"])
         best = max(rec["options"], key=lambda o, t=t, target=target: (_win_rate(fit, t, target, o),
                                                                       _win_rate(fit, t, None, o)))
-        preds.append(best.split(".", 1)[0])
+        preds.append(_option_letter(best))
     return preds
 
 
