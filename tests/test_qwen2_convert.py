@@ -68,6 +68,17 @@ def test_from_hf_config_fields():
         Qwen2Config.from_hf_config(dict(hf, rope_scaling={"type": "yarn", "factor": 4.0}))
     with pytest.raises(ValueError, match="sliding-window"):
         Qwen2Config.from_hf_config(dict(hf, use_sliding_window=True, max_window_layers=1))
+    # transformers' precedence: a legacy rope_scaling beats rope_parameters, and rope_parameters'
+    # theta beats a top-level rope_theta
+    with pytest.raises(ValueError, match="rope type 'linear'"):
+        Qwen2Config.from_hf_config(dict(hf5, rope_scaling={"type": "linear", "factor": 2.0}))
+    assert Qwen2Config.from_hf_config(dict(hf5, rope_theta=1e6)).rope_theta == 5000.0
+    # explicit layer_types decide which layers slide (transformers 5); no window without sliding_window
+    sliding = dict(hf, use_sliding_window=True, sliding_window=4, max_window_layers=28)
+    assert Qwen2Config.from_hf_config(dict(sliding, layer_types=["full_attention"] * 2)).num_layers == 2
+    with pytest.raises(ValueError, match=r"layers \[0\] sliding-window"):
+        Qwen2Config.from_hf_config(dict(sliding, layer_types=["sliding_attention", "full_attention"]))
+    Qwen2Config.from_hf_config(dict(hf, use_sliding_window=True, sliding_window=None, max_window_layers=0))
     with pytest.raises(ValueError, match=r"missing required field\(s\) \['vocab_size'\]"):
         Qwen2Config.from_hf_config({k: v for k, v in hf.items() if k != "vocab_size"})
     assert Qwen2Config.from_hf_config(CFG.to_hf_config()).replace(attention_impl="xla") == CFG
@@ -200,3 +211,35 @@ def test_llava_qwen_base_dir(golden_dir):
     lm = Qwen2LM.from_pretrained(base, ignore=hf_qwen2.LLAVA_QWEN_IGNORE, attention_impl="xla")
     assert lm.config.vocab_size == 300 and lm.config.eos_token_ids == (290,)
     assert lm.logits(np.arange(5)[None]).shape == (1, 5, 300)
+
+
+@pytest.mark.parametrize("cfg_eos, gen, expected", [
+    (3, {"eos_token_id": 7}, (7,)),          # generation_config.json alone decides, as in transformers
+    (3, {"eos_token_id": [9, 3]}, (9, 3)),   # its first id pads
+    (3, {}, ()),                             # a generation config without eos never stops
+    (3, None, (3,)),                         # no generation_config.json: config.json's eos
+])
+def test_eos_ids_from_generation_config(exported, tmp_path, cfg_eos, gen, expected):
+    d = _copy_dir(exported[1], str(tmp_path / "m"), config={"eos_token_id": cfg_eos})
+    gen_path = os.path.join(d, "generation_config.json")
+    if os.path.exists(gen_path):
+        os.remove(gen_path)
+    if gen is not None:
+        with open(gen_path, "w") as f:
+            json.dump(gen, f)
+    assert hf_qwen2.config_from_dir(d).eos_token_ids == expected
+
+
+def test_model_safetensors_wins_over_other_files(exported, tmp_path):
+    d = _copy_dir(exported[1], str(tmp_path / "m"))
+    save_safetensors(os.path.join(d, "adapter_model.safetensors"), {"lora.weight": np.zeros((2, 2), np.float32)})
+    assert "lora.weight" not in SafetensorsDir(d).keys()
+    Qwen2LM.from_pretrained(d)
+
+
+def test_float16_runs_on_cpu(exported):
+    lm, d = exported
+    ids = np.array([[1, 2, 3, 4, 5]])
+    half = Qwen2LM.from_pretrained(d, dtype="float16")
+    np.testing.assert_allclose(np.asarray(half.logits(ids), np.float32), lm.logits(ids), atol=0.05)
+    assert half.generate(ids, max_new_tokens=3).shape == (1, 8)

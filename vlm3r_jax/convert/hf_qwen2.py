@@ -111,17 +111,19 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
 
 
 def config_from_dir(hf_dir: str, **overrides: Any) -> Qwen2Config:
-    """:class:`Qwen2Config` from ``hf_dir/config.json``; eos ids also from generation_config.json."""
+    """:class:`Qwen2Config` from ``hf_dir/config.json``. The eos ids (where generation stops; the
+    first one pads) come from generation_config.json when the dir has one, as transformers'
+    ``generate`` takes them, else from config.json."""
     hf = read_hf_config(hf_dir)
     gen_path = os.path.join(hf_dir, "generation_config.json")
     if "eos_token_ids" not in overrides and os.path.exists(gen_path):
-        with open(gen_path, encoding="utf-8") as f:
-            gen_eos = json.load(f).get("eos_token_id")
-        if gen_eos is not None:
-            ids = gen_eos if isinstance(gen_eos, list) else [gen_eos]
-            cfg_eos = hf.get("eos_token_id")
-            cfg_ids = [] if cfg_eos is None else (cfg_eos if isinstance(cfg_eos, list) else [cfg_eos])
-            overrides["eos_token_ids"] = tuple(dict.fromkeys([*cfg_ids, *ids]))
+        try:
+            with open(gen_path, encoding="utf-8") as f:
+                gen_eos = json.load(f).get("eos_token_id")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{gen_path} is not valid JSON: {e}") from e
+        ids = [] if gen_eos is None else (gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        overrides["eos_token_ids"] = tuple(int(i) for i in ids)
     return Qwen2Config.from_hf_config(hf, source=os.path.join(hf_dir, "config.json"), **overrides)
 
 

@@ -85,8 +85,8 @@ class SafetensorsFile:
 class SafetensorsDir:
     """A TensorSource over an HF checkpoint directory (or a single ``.safetensors`` file).
 
-    Understands ``model.safetensors``, sharded ``model-0000x-of-0000y.safetensors`` with
-    ``model.safetensors.index.json``, and any other set of ``*.safetensors`` files.
+    Understands sharded ``model-0000x-of-0000y.safetensors`` with ``model.safetensors.index.json``,
+    else ``model.safetensors`` alone, else any other set of ``*.safetensors`` files.
     """
 
     def __init__(self, path: str):
@@ -105,6 +105,9 @@ class SafetensorsDir:
                         f"{index} lists shard(s) that are not in {path}: "
                         f"{[os.path.basename(m) for m in missing]}; download the complete checkpoint"
                     )
+            elif os.path.exists(os.path.join(path, "model.safetensors")):
+                # as transformers: other *.safetensors next to it (e.g. an adapter) are not the model
+                files = [os.path.join(path, "model.safetensors")]
             else:
                 files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
             if not files:

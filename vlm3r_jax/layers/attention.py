@@ -115,6 +115,9 @@ def dot_product_attention(
     if impl == "reference":
         return _reference(q, k, v, mask, bias, scale)
     if impl == "cpu":
+        if q.dtype == jnp.float16:
+            # XLA:CPU cannot lower jax.nn.dot_product_attention's F16 x F16 -> F32 dot
+            return _reference(q, k, v, mask, bias, scale)
         if q.shape[1] >= CPU_MIN_QUERIES:
             return _per_head(q, k, v, mask, bias, scale)
         impl = "xla"

@@ -96,18 +96,26 @@ class Qwen2Config:
         absent = [k for k in required if k not in hf]
         if absent:
             raise ValueError(f"{source}: missing required field(s) {absent} for a Qwen2 config")
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, Mapping) else "default"
+        # transformers 5 lets a legacy rope_scaling win over rope_parameters, and rope_parameters'
+        # own rope_theta over the top-level one
+        rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+        rope = rope if isinstance(rope, Mapping) else {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", None):
             raise ValueError(f"{source}: rope type {rope_type!r} is not supported (only default RoPE)")
-        theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0) if isinstance(rope, Mapping) else 10000.0)
+        theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
         n_layers = int(hf["num_hidden_layers"])
-        if hf.get("use_sliding_window", False):
+        if hf.get("use_sliding_window", False) and hf.get("sliding_window") is not None:
             window_from = int(hf.get("max_window_layers", n_layers))
-            if window_from < n_layers:
+            layer_types = hf.get("layer_types") or [
+                "sliding_attention" if i >= window_from else "full_attention" for i in range(n_layers)]
+            sliding = [i for i, t in enumerate(layer_types) if t == "sliding_attention"]
+            if sliding:
                 raise ValueError(
-                    f"{source}: use_sliding_window=true with max_window_layers={window_from} < "
-                    f"{n_layers} layers; sliding-window attention is not supported"
+                    f"{source}: use_sliding_window=true makes layers {sliding} sliding-window "
+                    f"(sliding_window={hf['sliding_window']}, max_window_layers={window_from}, "
+                    "layer_types); sliding-window attention is not supported. Set use_sliding_window=false "
+                    "if the model was trained without it (Qwen2 releases were)"
                 )
         eos = hf.get("eos_token_id")
         eos_ids = () if eos is None else (tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),))
