@@ -182,3 +182,21 @@ def test_export_round_trip(tmp_path):
     assert set(exported) == set(ref)
     for k in ref:
         np.testing.assert_array_equal(exported[k], ref[k], err_msg=k)
+
+
+def test_every_transformers_activation_matches(tmp_path):
+    """Each hidden_act name transformers' ACT2FN accepts (parameter-free ones) loads and matches."""
+    from transformers.activations import ACT2FN
+
+    from vlm3r_jax.infer.siglip_vision import SiglipVision
+    from vlm3r_jax.models.siglip import _ACTS
+
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 21, 21, 3)).astype(np.float32)
+    names = sorted(set(_ACTS) & set(ACT2FN))  # transformers 5.25 has all but prelu/xielu (they carry weights)
+    assert len(names) >= 20
+    for i, act in enumerate(names):
+        kw = dict(image_size=21, patch_size=7, hidden_size=12, intermediate_size=11, num_hidden_layers=1,
+                  num_attention_heads=2, hidden_act=act)
+        model, path = make_hf_vision(tmp_path / act, kw, False, seed=i)
+        ref = torch_forward(model, x)
+        assert rel_err(SiglipVision.from_pretrained(path).features(x), ref.last_hidden_state.numpy()) <= 1e-5, act

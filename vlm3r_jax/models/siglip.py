@@ -41,6 +41,23 @@ _ACTS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
+    # the rest of transformers' ACT2FN (no released SigLIP uses them; random test configs may)
+    "swish": jax.nn.silu,
+    "gelu_python": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_python_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_accurate": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_10": lambda x: jnp.clip(jax.nn.gelu(x, approximate=False), -10.0, 10.0),
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "linear": lambda x: x,
+    "relu6": jax.nn.relu6,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),
+    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
+    "hardswish": jax.nn.hard_swish,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    # transformers' LaplaceActivation defaults: mu = sqrt(1/2), sigma = sqrt(1/(4 pi))
+    "laplace": lambda x: 0.5 * (1.0 + jax.lax.erf((x - 0.707107) / (0.282095 * 2.0**0.5))),
+    "sqrtsoftplus": lambda x: jnp.sqrt(jax.nn.softplus(x)),
 }
 
 ACTIVATION_AXES = ("frames", "length", "act_embed")
