@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.seed = 0
     t.tensorboard = True
     t.async_checkpoint = True
+    t.max_seconds = 0.0  # > 0: checkpoint and stop after this long (launch/demo.py sets it from --time-budget)
 
     o = c.optim = ml_collections.ConfigDict()
     o.lr = 2e-3

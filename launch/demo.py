@@ -180,6 +180,11 @@ def other_scene_records(records: str, out: str) -> str:
     return out
 
 
+# what follows training (export, evaluation with the control row, one answer): 60-70 s on the
+# 2-core boxes the demo was timed on, with room for a slower machine
+AFTER_TRAINING_S = 100.0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
@@ -190,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", type=int, default=120, help="procedural scenes to generate (default 120)")
     ap.add_argument("--eval-limit", type=int, default=0, help="evaluate only the first N questions (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-budget", type=float, default=20.0, metavar="MINUTES",
+                    help="wall-time budget of the whole demo (default 20): training stops early, with a "
+                         "checkpoint, when the remaining stages would not fit; 0 = always run every step")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of configs/demo_tiny.py, e.g. --set optim.lr=1e-3 (repeatable)")
     ap.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
@@ -218,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg.train.seed = args.seed
     cfg.model.seed = args.seed
     apply_overrides(cfg, args.set, "--set")
+    if args.time_budget > 0:
+        cfg.train.max_seconds = max(60.0, 60 * args.time_budget - (time.time() - t0) - AFTER_TRAINING_S)
     _say(f"3/5 training {args.steps} steps (checkpoints in {wd}/train/checkpoints)")
     t1 = time.time()
     result, model_dir = vlm3r_task.run(cfg, os.path.join(wd, "train"))
     t_train = time.time() - t1
+    if result.last_step < cfg.train.steps and not result.preempted:
+        print(f"training stopped at step {result.last_step} of {cfg.train.steps} to stay inside --time-budget "
+              f"{args.time_budget:g} min (--time-budget 0 runs every step)")
     curve = loss_curve(os.path.join(wd, "train"), os.path.join(wd, "loss_curve.png"))
     # a re-run of a finished training has no fresh history: the metrics file has the whole run
     from vlm3r_jax.train.metrics import read_metrics

@@ -50,3 +50,17 @@ def test_nonfinite_loss_stops_with_message(tmp_path, monkeypatch):
     monkeypatch.setattr(toy_train, "loss_fn", lambda m, b: (np.float32(np.nan), np.float32(1.0)))
     with pytest.raises(NonFiniteLossError, match="latest good checkpoint"):
         toy_train.main(str(tmp_path), 3)
+
+
+def test_time_budget_checkpoints_and_stops(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import toy_train
+
+    cfg = toy_train.config(6)
+    cfg.train.max_seconds = 1e-6  # over budget after the first step
+    monkeypatch.setattr(toy_train, "config", lambda steps: cfg)
+    r = toy_train.main(str(tmp_path), 6)
+    assert (r.last_step, r.preempted) == (1, False)
+    assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "1"
+    cfg.train.max_seconds = 0.0  # off: the re-run resumes and finishes
+    assert toy_train.main(str(tmp_path), 6).last_step == 6

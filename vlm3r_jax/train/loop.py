@@ -100,7 +100,8 @@ def train(
     """Runs ``cfg.train.steps`` steps (resuming from ``workdir/checkpoints`` if present).
 
     ``cfg.train``: steps, grad_accum_steps, trainable (regexes), save_every, keep, log_every,
-    eval_every, seed; ``cfg.optim``: see :func:`make_optimizer`; ``cfg.mesh``: shape, rules.
+    eval_every, seed, max_seconds (> 0: checkpoint and stop once this call has run that long, e.g.
+    to keep a demo inside a wall-time budget; the returned step says where it stopped); ``cfg.optim``: see :func:`make_optimizer`; ``cfg.mesh``: shape, rules.
     ``data_iter`` yields dicts of host arrays with a leading batch axis; if it supports Grain
     checkpointing its position is saved with the state. With several JAX processes (see
     :mod:`vlm3r_jax.train.distributed`) every process runs this function with its own iterator
@@ -108,6 +109,8 @@ def train(
     takes part in checkpointing (Grain state is saved per process) and process 0 writes metrics.
     """
     tc = cfg.train
+    max_seconds = float(tc.get("max_seconds", 0) or 0)
+    deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(dict(cfg.mesh.shape))
     rules = sharding.rules_from_config(cfg.mesh.get("rules"))
@@ -170,11 +173,16 @@ def train(
                     if scores:
                         writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in scores.items()})
                 # All processes must agree to stop: the forced save below is a collective.
-                if distributed.any_process(guard.requested.is_set()):
-                    log.warning("SIGTERM received: checkpointing step %d and exiting", step + 1)
+                out_of_time = deadline is not None and time.monotonic() > deadline and step + 1 < tc.steps
+                if distributed.any_process(guard.requested.is_set() or out_of_time):
+                    preempted = distributed.any_process(guard.requested.is_set())
+                    if preempted:
+                        log.warning("SIGTERM received: checkpointing step %d and exiting", step + 1)
+                    elif lead:
+                        tqdm.write(f"train.max_seconds={max_seconds:g} reached: stopping at step {step + 1} of "
+                                   f"{tc.steps} (checkpointed; run again to go on)", file=sys.stderr)
                     if not saved:  # a second save of the same step raises StepAlreadyExistsError
                         ckpt.save(step + 1, state, data_iter if saves_iter else None, force=True)
-                    preempted = True
                     break
             else:
                 if ckpt.latest_step() != tc.steps:
