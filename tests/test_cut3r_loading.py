@@ -128,6 +128,13 @@ def test_safetensors_dir_round_trip(tmp_path, overrides):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_corrupt_config_json_names_the_file(tmp_path):
+    save_cut3r_dir(init_cut3r(tiny_config(), 0), str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        load_cut3r(str(tmp_path))
+
+
 def test_missing_and_misshaped_tensors(tmp_path):
     from vlm3r_jax.convert.safetensors_io import save_safetensors
 

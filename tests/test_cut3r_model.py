@@ -40,7 +40,7 @@ def _rope_reference_loop(tokens, pos, base, f0):
     return t
 
 
-@pytest.mark.parametrize("head_dim", [8, 12])
+@pytest.mark.parametrize("head_dim", [8, 12, 6, 10])  # 6, 10: the CPU kernel leaves the last 2 values alone
 def test_rope2d_matches_reference_kernel(head_dim):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 7, 3, head_dim)).astype(np.float32)
@@ -175,9 +175,30 @@ def test_update_and_reset_masks(odd_geo, video):
 
 
 def test_input_validation(odd_geo):
+    with pytest.raises(ValueError, match="hold no pixels"):
+        odd_geo.stream(np.zeros((0, 32, 48, 3), np.float32))
     with pytest.raises(TypeError, match="float"):
         odd_geo.stream(np.zeros((2, 32, 48, 3), np.uint8))
     with pytest.raises(ValueError, match="multiple of the patch"):
         odd_geo.stream(np.zeros((2, 30, 48, 3), np.float32))
     with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
         odd_geo.stream(np.zeros((32, 48, 3), np.float32))
+
+
+@pytest.mark.parametrize("overrides", [dict(patch_size=8), dict(dec_depth=1)])
+def test_heads_refuse_what_the_reference_cannot_run(overrides):
+    """The reference's DPT head crashes on both; we say why, and the tokens still work."""
+    geo = Cut3rGeometry(init_cut3r(tiny_config(**dict(ODD, **overrides)), seed=0))
+    frames = np.zeros((1, 32, 48, 3), np.float32)
+    with pytest.raises(ValueError, match="patch_size 16 and dec_depth >= 2"):
+        geo.stream(frames)
+    assert geo.tokens(frames).shape[0] == 1
+
+
+def test_configs_the_reference_accepts():
+    """depth_head / pose_conf_head do nothing for the dpt 'pts3d+pose' head; head widths that are
+    not a multiple of 4 run through the CPU kernel's partial rotation."""
+    geo = Cut3rGeometry(init_cut3r(tiny_config(**dict(ODD, depth_head=True, pose_conf_head=True, enc_num_heads=4,
+                                                       dec_embed_dim=20, dec_num_heads=2)), seed=0))
+    out = geo.stream(np.zeros((2, 32, 48, 3), np.float32))
+    assert out["pts3d_in_self_view"].shape == (2, 32, 48, 3)

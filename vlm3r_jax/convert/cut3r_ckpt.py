@@ -304,8 +304,11 @@ def open_checkpoint(path: str) -> tuple[dict[str, Any] | Cut3rConfig, TensorSour
             raise FileNotFoundError(
                 f"{path}: no config.json (and not exactly one .pth); expected config.json + model.safetensors"
             )
-        with open(cfg_path, encoding="utf-8") as f:
-            d = json.load(f)
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); re-export the checkpoint") from e
         try:
             cfg = config_from_json(d)
         except (ValueError, TypeError) as e:

@@ -40,6 +40,8 @@ def _check_frames(frames: Any, patch: int, batched: bool = False) -> jax.Array:
             f"frames must be float in [-1, 1], got {frames.dtype}; normalise uint8 frames first: (x / 255 - 0.5) / 0.5"
         )
     h, w = frames.shape[-3:-1]
+    if 0 in frames.shape[:-1]:
+        raise ValueError(f"frames shaped {tuple(frames.shape)} hold no pixels; expected {shape_txt}, each size >= 1")
     if h % patch or w % patch:
         raise ValueError(f"frame size {h}x{w} must be a multiple of the patch size {patch} (resize or crop first)")
     return jnp.asarray(frames, jnp.float32)

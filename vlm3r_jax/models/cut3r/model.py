@@ -117,6 +117,14 @@ class Cut3r(nnx.Module):
             out[f"dec_img_layer{i + 1}"] = d
         if image_hw is not None:
             L = cfg.dec_depth
+            if cfg.patch_size != 16 or L < 2:
+                # the reference crashes on both: its DPT head hard-codes 16-pixel patches, and with
+                # one decoder layer its second hook is the encoder output without a pose token
+                raise ValueError(
+                    f"the point-map/pose heads need patch_size 16 and dec_depth >= 2 (this config: "
+                    f"{cfg.patch_size}, {L}), as the reference's DPT head; the tokens alone "
+                    "(geo.tokens(frames), or geo.stream(frames, with_heads=False)) work for any config"
+                )
             # reference: [dec[0] = encoder features, dec[L*2//4][:, 1:], dec[L*3//4][:, 1:], dec[L]]
             hooks = [enc_feat, dec[L * 2 // 4 - 1][:, 1:], dec[L * 3 // 4 - 1][:, 1:], dec[L - 1]]
             out.update(self.downstream_head(hooks, enc_pos, image_hw))

@@ -28,26 +28,30 @@ def rope_angles(pos: jax.Array, head_dim: int, base: float, f0: float = 1.0) -> 
 def apply_rope2d(
     x: jax.Array, pos: jax.Array, base: float, f0: float = 1.0, *, fp16_rounding: bool = False
 ) -> jax.Array:
-    """x: [B, T, N, H] (H divisible by 4), pos: int [B or 1, T, 2] -> [B, T, N, H] in x's dtype.
+    """x: [B, T, N, H], pos: int [B or 1, T, 2] -> [B, T, N, H] in x's dtype.
 
+    With Q = H // 4 the first 2Q values of a head turn with the y position and the next 2Q with
+    the x position; when H is not a multiple of 4 the last H - 4Q values pass through, as in the
+    reference's CPU kernel (its CUDA kernel refuses such heads).
     ``fp16_rounding`` reproduces the CroCo encoder: q/k are cast to float16 before RoPE, the
     kernel rotates in float32 and stores float16, and the result is cast back:
     ``f32(f16(rope(f32(f16(x)))))``.
     """
     b, t, n, h = x.shape
-    if h % 4:
-        raise ValueError(f"2-D RoPE needs a head_dim divisible by 4, got {h}")
     dtype = x.dtype
     xf = x.astype(jnp.float32)
     if fp16_rounding:
         xf = xf.astype(jnp.float16).astype(jnp.float32)
     q = h // 4
+    xf, tail = xf[..., : 4 * q], xf[..., 4 * q :]
     cos, sin = rope_angles(pos, h, base, f0)  # [B, T, 2, Q]
     xr = xf.reshape(b, t, n, 2, 2, q)  # (axis y/x, u/v half, d)
     u, v = xr[..., 0, :], xr[..., 1, :]  # [B, T, N, 2, Q]
     c = cos[:, :, None]
     s = sin[:, :, None]
-    out = jnp.stack([u * c - v * s, v * c + u * s], axis=-2).reshape(b, t, n, h)
+    out = jnp.stack([u * c - v * s, v * c + u * s], axis=-2).reshape(b, t, n, 4 * q)
+    if h % 4:
+        out = jnp.concatenate([out, tail], axis=-1)
     if fp16_rounding:
         out = out.astype(jnp.float16)
     return out.astype(dtype)
