@@ -96,3 +96,23 @@ def test_appearance_order_from_frames():
     assert items[0]["ground_truth"] == "tv, lamp, sofa, plant"
     # at 2 fps the tv (0 s) and lamp (round(2/2) = 1 s) are only 1 s apart -> filtered
     assert engine.generate_qa(sm, frames(poses, vis, fps=2.0), tasks=["obj_appearance_order"]) == []
+
+
+def test_lost_camera_frames_are_kept_but_not_asked_about():
+    """ScanNet writes -inf poses where tracking failed: the frame still counts (boxes, rank "frame k
+    of N"), and only the questions that need its camera skip it, as the official generators do."""
+    pos, poses = _scripted()
+    fm = frames(poses, [[0, 1, 2]] * len(poses))
+    lost = 4
+    fm["frames"][lost]["camera_pose_camera_to_world"] = [[float("-inf")] * 4 for _ in range(4)]
+    camera_tasks = ["camera_displacement", "camera_movement_direction_v1", "camera_obj_abs_dist",
+                    "camera_obj_rel_dist_v1", "obj_obj_relative_pos_nf"]
+    items = engine.generate_qa(scene(OBJS), fm, seed=0, tasks=camera_tasks, num_per_task=200)
+    assert {it["question_type"] for it in items} >= {"camera_displacement", "camera_obj_abs_dist"}
+    assert all(lost not in it["frame_indices"] for it in items)
+    assert any(f"of {len(poses)}" in it["question"] for it in items if it["question_type"] == "camera_displacement")
+
+
+def test_zero_questions_per_task():
+    pos, poses = _scripted()
+    assert engine.generate_qa(scene(OBJS), frames(poses, [[0, 1, 2]] * len(poses)), seed=0, num_per_task=0) == []

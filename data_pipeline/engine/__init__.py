@@ -122,6 +122,8 @@ def generate_qa(
             raise MetadataError(f"scene '{scene.name}': field 'fps': dataset '{scene.dataset}' has no known fps; add "
                                 "'fps' to the frame metadata to generate obj_appearance_order")
         n = min(num_per_task, PER_TASK_DEFAULT.get(qtype, num_per_task))
+        if n <= 0:  # every generator appends before it checks the count
+            continue
         cfg = tcfg if qtype in VSTI_GENERATORS else vcfg
         out.extend(GENERATORS[qtype](scene, task_rng(seed, scene.name, qtype), n, bal, cfg))
     return out

@@ -38,7 +38,7 @@ class MetadataError(ValueError):
 class Frame:
     frame_id: int
     rank: int  # 0-based position among frames with a valid pose, sorted by frame_id
-    pose: np.ndarray  # [4, 4] camera-to-world
+    pose: np.ndarray | None  # [4, 4] camera-to-world; None where the scan lost the camera (non-finite)
     visible: list[int]  # instance ids with a 2D box in this frame (known instances only)
 
 
@@ -79,14 +79,14 @@ def _err(scene: str, fld: str, msg: str) -> MetadataError:
     return MetadataError(f"scene '{scene}': field '{fld}': {msg}")
 
 
-def _vec(scene: str, fld: str, v, n: int) -> np.ndarray:
+def _vec(scene: str, fld: str, v, n: int, finite: bool = True) -> np.ndarray:
     try:
         a = np.asarray(v, dtype=float).reshape(-1)
     except (TypeError, ValueError) as e:
         raise _err(scene, fld, f"expected {n} numbers, got {v!r}") from e
     if a.size != n:
         raise _err(scene, fld, f"expected {n} numbers, got {a.size}")
-    if not np.all(np.isfinite(a)):
+    if finite and not np.all(np.isfinite(a)):
         raise _err(scene, fld, f"non-finite value in {a.tolist()}")
     return a
 
@@ -200,12 +200,19 @@ def parse(scene_meta: dict, frame_meta: dict | None, scene_name: str | None = No
         pose_l = fr.get("camera_pose_camera_to_world")
         if not pose_l:  # official generators skip frames without a pose
             continue
-        pose = _vec(name, f"{where}.camera_pose_camera_to_world", pose_l, 16).reshape(4, 4)
-        R = pose[:3, :3]
-        if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
-            raise _err(name, f"{where}.camera_pose_camera_to_world", "rotation block is not a proper rotation (R R^T = I, det +1)")
-        if not np.allclose(pose[3], [0, 0, 0, 1], atol=1e-6):
-            raise _err(name, f"{where}.camera_pose_camera_to_world", f"last row must be [0, 0, 0, 1], got {pose[3].tolist()}")
+        pose = _vec(name, f"{where}.camera_pose_camera_to_world", pose_l, 16, finite=False).reshape(4, 4)
+        if not np.all(np.isfinite(pose)):
+            # ScanNet writes -inf poses for frames it lost track of. The official generators keep
+            # such a frame (its boxes, its rank) and skip only the questions that need its camera.
+            pose = None
+        else:
+            R = pose[:3, :3]
+            if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
+                raise _err(name, f"{where}.camera_pose_camera_to_world",
+                           "rotation block is not a proper rotation (R R^T = I, det +1)")
+            if not np.allclose(pose[3], [0, 0, 0, 1], atol=1e-6):
+                raise _err(name, f"{where}.camera_pose_camera_to_world",
+                           f"last row must be [0, 0, 0, 1], got {pose[3].tolist()}")
         vis = []
         for j, bb in enumerate(fr.get("bboxes_2d", []) or []):
             if not isinstance(bb, dict) or "instance_id" not in bb:

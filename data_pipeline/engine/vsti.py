@@ -59,6 +59,8 @@ def _shuffled(rng, xs):
 def camera_obj_abs_dist(scene: Scene, rng, n: int, bal: LetterBalancer, cfg: VSTIConfig) -> list[dict]:
     cands = []
     for fr in scene.frames:
+        if fr.pose is None:
+            continue
         cam = camera_center(fr.pose)
         for iid in _frame_unique(scene, fr):
             d = float(point_box_distance(cam[None], scene.inst2box[iid])[0])
@@ -85,6 +87,8 @@ def _cam_rel_dist(k: int):
     def gen(scene: Scene, rng, n: int, bal: LetterBalancer, cfg: VSTIConfig) -> list[dict]:
         out = []
         for fr in _shuffled(rng, scene.frames):
+            if fr.pose is None:
+                continue
             cam = camera_center(fr.pose)
             cands = []
             for iid in _frame_unique(scene, fr):
@@ -150,6 +154,8 @@ def _rel_pos(dim: str):
         for fr, a, b in _shuffled(rng, cands):
             if rng.random() < 0.5:
                 a, b = b, a
+            if fr.pose is None:
+                continue
             gt = relative_position_answer(scene.inst2box[a], scene.inst2box[b], fr.pose, dim, cfg.rel_pos_threshold)
             if gt is None:
                 continue
@@ -183,6 +189,8 @@ def camera_displacement(scene: Scene, rng, n: int, bal: LetterBalancer, cfg: VST
              if cfg.disp_min_gap <= j - i <= cfg.disp_max_gap]
     out = []
     for i, j in _shuffled(rng, pairs):
+        if fr[i].pose is None or fr[j].pose is None:
+            continue
         d = float(np.linalg.norm(camera_center(fr[j].pose) - camera_center(fr[i].pose)))
         if not cfg.disp_min <= d <= cfg.disp_max:
             continue
@@ -233,6 +241,8 @@ def _move_dir(k: int):
         pairs = [(i, j) for i in range(len(fr)) for j in range(i + 1, len(fr))]
         out = []
         for i, j in _shuffled(rng, pairs):
+            if fr[i].pose is None or fr[j].pose is None:
+                continue
             gt = movement_direction(fr[i].pose, fr[j].pose, cfg.direction_threshold, cfg.direction_dominance)
             if gt is None:
                 continue

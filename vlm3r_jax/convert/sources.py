@@ -67,3 +67,27 @@ class PrefixSource:
 
     def where(self, key: str | None = None) -> str:
         return self._inner.where(None if key is None else self._prefix + key)
+
+
+class OverlaySource:
+    """``top``'s tensors over ``base``'s: a key in both is read from ``top`` (what
+    ``load_state_dict(top, strict=False)`` after loading ``base`` leaves in a torch model)."""
+
+    def __init__(self, base: TensorSource, top: TensorSource):
+        self._base, self._top = base, top
+        self._in_top = set(top.keys())
+
+    def _src(self, key: str) -> TensorSource:
+        return self._top if key in self._in_top else self._base
+
+    def keys(self) -> Iterable[str]:
+        return list(dict.fromkeys([*self._base.keys(), *self._top.keys()]))
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._src(key).shape(key)
+
+    def get(self, key: str) -> np.ndarray:
+        return self._src(key).get(key)
+
+    def where(self, key: str | None = None) -> str:
+        return f"{self._base.where()} + {self._top.where()}" if key is None else self._src(key).where(key)

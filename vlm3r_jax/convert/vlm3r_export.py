@@ -239,6 +239,11 @@ def vlm3r_config_json(cfg: Any, *, vocab_rows: int, template: dict | None = None
     every field our config determines overwritten; ``spatial=False`` drops the VLM-3R keys (the
     base directory's config)."""
     llm, pc = cfg.llm, cfg.projector
+    if pc.pool_stride != 2:
+        # the reference pools video frames with get_2dPool's default stride, not mm_spatial_pool_stride
+        raise ValueError(f"projector.pool_stride={pc.pool_stride}: the released layout's code pools video frames "
+                         "with stride 2 whatever its config says, so this model cannot be exported to it; save it "
+                         "in our format (save_pretrained) instead")
     d = dict(template or {})
     eos = list(llm.eos_token_ids)
     d.update({

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -20,7 +21,9 @@ from flax import nnx
 from vlm3r_jax.convert.assign import Src, load_state, transpose
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir
-from vlm3r_jax.convert.sources import DictSource, TensorSource
+from vlm3r_jax.convert.sources import DictSource, OverlaySource, TensorSource
+
+log = logging.getLogger(__name__)
 
 
 def strip_non_lora_prefixes(keys: Iterable[str]) -> dict[str, str]:
@@ -67,6 +70,9 @@ def fusion_mapping(prefix: str = "model.fusion_block.", ours: str = "", state: A
 
 # --- the whole released layout ---------------------------------------------------------------
 SIGLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
+# what a non_lora_trainables.bin key may name (anything else is dropped with a warning)
+_NON_LORA_TARGETS = ("model.mm_projector.", "model.image_newline", "model.fusion_block.", SIGLIP_PREFIX,
+                     "model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 # Known SigLIP towers by width when no config can be found (heads cannot be read off shapes).
 _KNOWN_SIGLIP = {1152: dict(num_attention_heads=16, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")}
 
@@ -186,10 +192,14 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
         raise CheckpointError(f"tokenizer in {base_dir} has {vocab} tokens but the embedding has {rows} rows")
     llm = llm.replace(vocab_size=vocab)
     vc = resolve_vision_config(cj, base_dir, [base_dir] + ([lora_dir] if lora_dir else []), base, vision_config)
-    n_layers = _count_layers(base.keys(), SIGLIP_PREFIX)
+    # the reference builds the hub tower and deletes its last layer; base tensors of a layer past
+    # that (a base saved with the full tower) are never used
+    n_layers = min(_count_layers(base.keys(), SIGLIP_PREFIX), int(vc.get("num_hidden_layers", 10**6)) - 1)
     vision = SiglipVisionConfig.from_hf(vc, num_layers_used=n_layers, use_post_layernorm=False, use_head=False,
                                         attention_impl="xla")
-    projector = ProjectorConfig.from_llava_config(cj, num_patches_per_side=vision.num_patches_per_side)
+    # the reference pools video frames with get_2dPool's default stride 2, whatever
+    # mm_spatial_pool_stride says (that key only feeds its unused encode_multimodals)
+    projector = ProjectorConfig.from_llava_config(cj, num_patches_per_side=vision.num_patches_per_side, pool_stride=2)
     geo_cfg = None
     # fusion_num_heads / spatial_tower_image_size: written by our export only when they differ from
     # the constants the reference hard-codes (18 heads, 432x432)
@@ -225,7 +235,7 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
             lora = LoRAConfig(rank=r, alpha=scale * r, dropout=lora_info["dropout"], targets=LLM_LORA_TARGETS)
     cfg = VLM3RConfig(
         llm=llm, vision=vision, projector=projector, fusion=fusion, geometry=geo_cfg,
-        spatial_select=cj.get("spatial_tower_select_feature", "all"),
+        spatial_select=cj.get("spatial_tower_select_feature", "patch_tokens"),  # the reference's default
         geometry_image_size=tuple(int(x) for x in cj.get("spatial_tower_image_size", (432, 432))),
         model_max_length=int(cj.get("tokenizer_model_max_length", 32768)), lora=lora)
     info = dict(base=base, base_dir=base_dir, lora_dir=lora_dir, geometry=geometry, lora=lora_info,
@@ -323,18 +333,22 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
             non_lora = DictSource({k: raw.get(v) for k, v in names.items()}, name=nl_path)
         elif cfg.geometry is not None:
             raise FileNotFoundError(f"{nl_path} is missing: it holds the trained fusion block and projector")
-    # the base's projector and newline, with the trained projector of non_lora_trainables.bin on top
-    proj = {k: base.get(k) for k in base.keys() if k.startswith("model.mm_projector.") or k == "model.image_newline"}
-    proj.update({k: non_lora.get(k) for k in non_lora.keys() if k.startswith("model.mm_projector.")})
-    state["mm_projector"] = load_state(state["mm_projector"], DictSource(proj, name=f"{base_dir} + {non_lora.where()}"),
+    # The reference loads non_lora_trainables.bin with strict=False over the base model: every key
+    # it holds wins (normally the trained projector and fusion block), keys naming nothing are dropped.
+    unused = [k for k in non_lora.keys() if not k.startswith(_NON_LORA_TARGETS)]
+    if unused:
+        log.warning("%s: %d tensor(s) name no parameter of the model and are ignored, as the reference does "
+                    "(strict=False): %s", non_lora.where(), len(unused), unused[:5])
+        non_lora = DictSource({k: non_lora.get(k) for k in non_lora.keys() if k not in set(unused)},
+                              name=non_lora.where())
+    src = OverlaySource(base, non_lora)
+    proj = [k for k in src.keys() if k.startswith("model.mm_projector.") or k == "model.image_newline"]
+    state["mm_projector"] = load_state(state["mm_projector"], DictSource({k: src.get(k) for k in proj}, name=src.where()),
                                        projector_mapping(cfg.projector), dtype=jdt, what="projector")
     if cfg.geometry is not None:
-        fusion_keys = [k for k in non_lora.keys() if k.startswith("model.fusion_block.")]
-        if fusion_keys:
-            fusion_src = DictSource({k: non_lora.get(k) for k in fusion_keys}, name=non_lora.where())
-        else:  # a merged / fully fine-tuned directory keeps the fusion block in its safetensors
-            fusion_src = DictSource({k: base.get(k) for k in base.keys() if k.startswith("model.fusion_block.")},
-                                    name=base.where())
+        # a merged / fully fine-tuned directory keeps the fusion block in its safetensors
+        fusion_src = DictSource({k: src.get(k) for k in src.keys() if k.startswith("model.fusion_block.")},
+                                name=src.where())
         state["fusion_block"] = load_state(state["fusion_block"], fusion_src, fusion_mapping(state=state["fusion_block"]), dtype=jdt,
                                            what="fusion block (non_lora_trainables.bin)")
         _, geo_src = cut3r_ckpt.open_checkpoint(info["geometry"])
@@ -342,8 +356,8 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
                                             cut3r_ckpt.name_map(state["spatial_tower"], set(geo_src.keys())),
                                             ignore=cut3r_ckpt.IGNORED_SOURCE_KEYS, dtype=jdt,
                                             what="CUT3R checkpoint")
-    state["vision_tower"] = load_siglip_state(state["vision_tower"], base, cfg.vision, prefix=SIGLIP_PREFIX, dtype=jdt)
-    parts: dict[str, TensorSource] = {"": base}
+    state["vision_tower"] = load_siglip_state(state["vision_tower"], src, cfg.vision, prefix=SIGLIP_PREFIX, dtype=jdt)
+    parts: dict[str, TensorSource] = {"": src}
     lora_src = None
     if info["lora"] is not None:
         lora_src = parts["lora:"] = _open_torch_or_safetensors(info["lora"]["path"])

@@ -34,8 +34,27 @@ from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
 from vlm3r_jax.models.siglip import SiglipVisionConfig, SiglipVisionModel
 from vlm3r_jax.models.splice import splice_video
 
-_WITH_CAMERA = ("all", "all_tokens", "camera_tokens,patch_tokens")  # selections that keep the camera token first
-SPATIAL_SELECT = ("all", "all_tokens", "camera_tokens,patch_tokens", "camera_tokens", "patch_tokens")
+SPATIAL_SELECT = ("all", "all_tokens", "camera_tokens", "patch_tokens")  # also comma-separated lists of these
+
+
+def spatial_parts(select: str) -> tuple[str, ...]:
+    """``spatial_tower_select_feature`` -> the CUT3R token groups the fusion attends to, in order
+    ("camera" = the 1 camera token, "patch" = the patch tokens). As the reference: a comma-separated
+    list concatenated in the order given, where "all" starts over with (camera, patch)."""
+    parts: list[str] = []
+    for item in select.split(","):
+        item = item.strip()
+        if item in ("all", "all_tokens"):
+            parts = ["camera", "patch"]
+        elif item in ("camera_tokens", "patch_tokens"):
+            parts.append(item.split("_")[0])
+        else:
+            raise ValueError(f"spatial_select {select!r}: {item!r} is not one of {SPATIAL_SELECT} "
+                             "(or a comma-separated list of them)")
+    return tuple(parts)
+
+
+_WITH_CAMERA = ("camera", "patch")  # the selection that keeps the camera token first, then the patches
 
 # The paper trains LoRA on every Linear of the LLM (q, k, v, o, gate, up, down).
 LLM_LORA_TARGETS = (r"llm\.layers\.\d+\.(attn\.(q|k|v|o)|mlp\.(gate|up|down))",)
@@ -58,8 +77,7 @@ class VLM3RConfig:
     lora: LoRAConfig | None = None  # None: no adapters attached at construction
 
     def __post_init__(self):
-        if self.spatial_select not in SPATIAL_SELECT:
-            raise ValueError(f"spatial_select {self.spatial_select!r} not in {SPATIAL_SELECT}")
+        parts = spatial_parts(self.spatial_select)
         if self.projector.mm_hidden_size != self.vision.hidden_size:
             raise ValueError(
                 f"projector.mm_hidden_size {self.projector.mm_hidden_size} != SigLIP width {self.vision.hidden_size}"
@@ -73,12 +91,12 @@ class VLM3RConfig:
                     f"SigLIP width {self.vision.hidden_size} and CUT3R dec_embed_dim {self.geometry.dec_embed_dim}"
                 )
             policy = self.fusion.token_policy
-            if policy == "all" and self.spatial_select not in _WITH_CAMERA:
+            if policy == "all" and parts != _WITH_CAMERA:
                 raise ValueError(f"fusion_block {self.fusion.fusion_block!r} fuses camera + patch tokens (the reference "
                                  f"fuses it only with spatial_tower_select_feature='all'), got {self.spatial_select!r}")
-            if policy == "patch" and self.spatial_select == "camera_tokens":
-                raise ValueError(f"fusion_block {self.fusion.fusion_block!r} needs the CUT3R patch tokens; "
-                                 "spatial_select='camera_tokens' drops them")
+            if policy == "patch" and parts not in (_WITH_CAMERA, ("patch",)):
+                raise ValueError(f"fusion_block {self.fusion.fusion_block!r} takes the CUT3R patch tokens; "
+                                 f"spatial_select={self.spatial_select!r} does not give them")
             if self.fusion.after_projector and self.fusion.d_llm not in (None, self.llm.hidden_size):
                 raise ValueError(f"fusion d_llm {self.fusion.d_llm} != LLM width {self.llm.hidden_size}")
         if self.truncation not in ("error", "truncate"):
@@ -128,12 +146,11 @@ class VLM3R(nnx.Module):
 
     def select_geometry(self, tokens: jax.Array) -> jax.Array:
         """[..., 1 + N, Dg] (camera token first) -> the tokens ``spatial_select`` feeds the fusion."""
-        sel = self.cfg.spatial_select
-        if sel == "camera_tokens":
-            return tokens[..., :1, :]
-        if sel == "patch_tokens":
-            return tokens[..., 1:, :]
-        return tokens
+        parts = spatial_parts(self.cfg.spatial_select)
+        if parts == _WITH_CAMERA:
+            return tokens
+        groups = {"camera": tokens[..., :1, :], "patch": tokens[..., 1:, :]}
+        return jnp.concatenate([groups[p] for p in parts], axis=-2)
 
     def visual_features(self, frames: jax.Array) -> jax.Array:
         """frames [B, F, H, W, 3] -> SigLIP patch features [B*F, P, Dv]. Frozen in the paper's
@@ -148,7 +165,7 @@ class VLM3R(nnx.Module):
         Variants that only take patch tokens (as the reference's ``encode_images`` passes them)
         drop the leading camera token here."""
         geo = rearrange(geometry, "b f g d -> (b f) g d")
-        if self.cfg.fusion.token_policy == "patch" and self.cfg.spatial_select in _WITH_CAMERA:
+        if self.cfg.fusion.token_policy == "patch" and spatial_parts(self.cfg.spatial_select) == _WITH_CAMERA:
             geo = geo[:, 1:]
         return self.fusion_block(features, geo)
 
