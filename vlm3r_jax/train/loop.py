@@ -101,7 +101,8 @@ def train(
 
     ``cfg.train``: steps, grad_accum_steps, trainable (regexes), save_every, keep, log_every,
     eval_every, seed, max_seconds (> 0: checkpoint and stop once this call has run that long, e.g.
-    to keep a demo inside a wall-time budget; the returned step says where it stopped); ``cfg.optim``: see :func:`make_optimizer`; ``cfg.mesh``: shape, rules.
+    to keep a demo inside a wall-time budget; ``last_step`` says where it stopped);
+    ``cfg.optim``: see :func:`make_optimizer`; ``cfg.mesh``: shape, rules.
     ``data_iter`` yields dicts of host arrays with a leading batch axis; if it supports Grain
     checkpointing its position is saved with the state. With several JAX processes (see
     :mod:`vlm3r_jax.train.distributed`) every process runs this function with its own iterator
