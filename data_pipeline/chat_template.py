@@ -82,7 +82,15 @@ def _role(turn: Mapping) -> tuple[str, str]:
         raise ConversationError(f"unknown speaker {role!r} (expected human/gpt or user/assistant)")
     if not isinstance(text, str):
         raise ConversationError(f"turn of {role!r} has no text value (got {type(text).__name__})")
-    return ROLE_ALIASES[role], text
+    return ROLE_ALIASES[role], _placeholder_first(text)
+
+
+def _placeholder_first(text: str) -> str:
+    """The reference's ``preprocess_multimodal``: a turn whose one ``<image>`` is not at its start
+    gets it moved to the front, on a line of its own."""
+    if text.count(IMAGE_TOKEN) == 1 and not text.startswith(IMAGE_TOKEN):
+        return f"{IMAGE_TOKEN}\n{text.replace(IMAGE_TOKEN, '').strip()}".strip()
+    return text
 
 
 def render_message(role: str, text: str) -> str:

@@ -90,6 +90,16 @@ class PipelineConfig:
             raise ValueError(f"length_buckets must be strictly increasing, got {self.length_buckets}")
         if self.video_cache_size < 0:
             raise ValueError(f"video_cache_size must be >= 0 (0 = no cache), got {self.video_cache_size}")
+        positive = {"num_frames": self.num_frames, "siglip_size": self.siglip_size, "batch_size": self.batch_size,
+                    "max_length": self.max_length}
+        if self.geometry_size is not None:
+            positive["geometry_size"] = self.geometry_size
+        bad = {k: v for k, v in positive.items() if int(v) < 1}
+        if bad:
+            raise ValueError(f"pipeline config: {bad} must be >= 1" +
+                             (" (geometry_size=None turns the geometry view off)" if "geometry_size" in bad else ""))
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1 or None (forever), got {self.num_epochs}")
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> PipelineConfig:
@@ -304,11 +314,31 @@ def common_length(length: int) -> int:
     return int(np.max(multihost_utils.process_allgather(np.int32(length))))
 
 
+class NoUsableRecordsError(ValueError):
+    """A whole epoch of this shard's records went by without one usable example."""
+
+
 class _BatchIterator(grain_dataset.DatasetIterator):
-    def __init__(self, parent: grain_dataset.DatasetIterator, rows: int, cfg: PipelineConfig, pad_id: int):
+    def __init__(self, parent: grain_dataset.DatasetIterator, rows: int, cfg: PipelineConfig, pad_id: int,
+                 epoch_length: int):
         super().__init__(parent)
         self._rows, self._cfg, self._pad = rows, cfg, pad_id
+        self._epoch_length = epoch_length
+        self._bad_run = 0  # error records since the last usable one
+        self._any_usable = False
         self._done = False
+
+    def _check_bad_run(self, skipped: list[dict], limit: int) -> None:
+        # With num_epochs=None every record failing would otherwise loop forever in silence. One
+        # usable record per epoch bounds a run of failures by two epochs (end of one, start of the next).
+        if self._bad_run < limit:
+            return
+        kinds = collections.Counter(s["error"] for s in skipped)
+        example = skipped[-1] if skipped else {}
+        raise NoUsableRecordsError(
+            f"none of the {self._epoch_length} records of this shard gave a usable example ({dict(kinds)}); "
+            f"e.g. record {example.get('id')!r} of {example.get('file')}: {example.get('message')}. "
+            "Check the video root, the annotation files and the pipeline config (num_frames, max_length)")
 
     def __next__(self) -> dict:
         if self._done:
@@ -320,11 +350,17 @@ class _BatchIterator(grain_dataset.DatasetIterator):
                 el = next(self._parent)
             except StopIteration:
                 self._done = True
+                if not self._any_usable:
+                    self._check_bad_run(skipped, self._epoch_length)
                 break
             if is_error(el):
                 skipped.append({k: el.get(k) for k in ("error", "message", "file", "line", "id", "epoch")})
+                self._bad_run += 1
+                self._check_bad_run(skipped, 2 * self._epoch_length)
             else:
                 buf.append(el)
+                self._bad_run = 0
+                self._any_usable = True
         if len(buf) == self._rows or (buf and not self._cfg.drop_remainder):
             batch = collate(buf, self._cfg, self._pad, self._rows)
             batch["skipped"] = skipped
@@ -348,12 +384,13 @@ class BatchAndSkip(grain_dataset.IterDataset):
     """Drops error records (carrying them in the batch's ``skipped`` list) and bucket-pads
     ``rows`` valid examples into one batch."""
 
-    def __init__(self, parent: grain.IterDataset, rows: int, cfg: PipelineConfig, pad_id: int):
+    def __init__(self, parent: grain.IterDataset, rows: int, cfg: PipelineConfig, pad_id: int, epoch_length: int):
         super().__init__(parent)
         self._rows, self._cfg, self._pad = rows, cfg, pad_id
+        self._epoch_length = epoch_length
 
     def __iter__(self) -> _BatchIterator:
-        return _BatchIterator(self._parent.__iter__(), self._rows, self._cfg, self._pad)
+        return _BatchIterator(self._parent.__iter__(), self._rows, self._cfg, self._pad, self._epoch_length)
 
 
 # --- the dataset -------------------------------------------------------------------------------
@@ -381,6 +418,8 @@ def build_dataset(
 ) -> grain.IterDataset:
     """The Grain pipeline for this process's shard (worker processes included)."""
     index, count = shard if shard is not None else process_shard()
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise ValueError(f"shard=(index, count) needs 0 <= index < count, got {shard}")
     if cfg.batch_size % count:
         raise ValueError(f"global batch_size {cfg.batch_size} is not divisible by {count} processes")
     rows = cfg.batch_size // count
@@ -391,13 +430,16 @@ def build_dataset(
     if count > 1:  # equal shard sizes keep every host in lock step
         ds = ds[: (n // count) * count][index::count]
     epoch_length = len(ds)
+    if epoch_length == 0:
+        raise ValueError(f"shard {index} of {count} gets no records: the source has {n}, fewer than the "
+                         f"{count} shards")
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed)
     if cfg.num_epochs != 1:
         ds = ds.repeat(cfg.num_epochs)
     ds = ds.map_with_index(PrepareExample(tokenizer, cfg, epoch_length, augment))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=2 * rows))
-    it = BatchAndSkip(it, rows, cfg, tokenizer.pad_id)
+    it = BatchAndSkip(it, rows, cfg, tokenizer.pad_id, epoch_length)
     if cfg.worker_count > 0:
         _ensure_absl_flags()
         it = it.mp_prefetch(

@@ -105,14 +105,16 @@ class _JsonRecords:
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"annotation file {self.path} does not exist")
         with open(self.path, "rb") as f:
-            head = f.read(4096).lstrip()
+            head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()  # editors on Windows write a BOM
         self.jsonl = not head.startswith(b"[")
         if self.jsonl:
             self.lines = _LineFile(self.path)
             self.items = None
+            if head.startswith(b"{") and len(self.lines) > 1 and self.get(0)[2] == "bad_json":
+                self._refuse_single_object()
         else:
             try:
-                with open(self.path, encoding="utf-8") as f:
+                with open(self.path, encoding="utf-8-sig") as f:
                     items = json.load(f)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 # A broken JSON *list* has no per-record boundary to skip to.
@@ -121,6 +123,16 @@ class _JsonRecords:
                     "(one record per line) so bad records can be skipped one by one"
                 ) from e
             self.items = items
+
+    def _refuse_single_object(self) -> None:
+        """A pretty-printed JSON object would otherwise become one bad record per line."""
+        try:
+            with open(self.path, encoding="utf-8-sig") as f:
+                whole = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return  # a JSONL file whose first record is broken: skipped record by record
+        raise ValueError(f"{self.path} holds one JSON {type(whole).__name__}, not records: expected a JSON list "
+                         "of records, or JSONL (one record per line)")
 
     def __len__(self) -> int:
         return len(self.lines) if self.jsonl else len(self.items)
@@ -132,7 +144,7 @@ class _JsonRecords:
         line = int(self.lines.lines[i])
         raw = self.lines.read(i)
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             return f"non-UTF-8 bytes at offset {e.start}", line, "bad_encoding"
         try:

@@ -93,6 +93,9 @@ class PacketIndex:
 
     pts: list[int]
     key_pts: list[int]
+    # keyframe pts -> the timestamp to seek to, its dts: MPEG-TS seeks by dts, so seeking to a
+    # keyframe's pts lands on the packet after it
+    key_seek: dict[int, int] | None = None
 
 
 def index_packets(path: str) -> tuple[PacketIndex, float]:
@@ -103,13 +106,16 @@ def index_packets(path: str) -> tuple[PacketIndex, float]:
         fps = _fps(stream, path)
         pts: list[int] = []
         keys: list[int] = []
+        seek: dict[int, int] = {}
         try:
             for pkt in c.demux(stream):
                 if pkt.size == 0 or pkt.pts is None:  # flush packets / no timestamp
                     continue
-                pts.append(int(pkt.pts))
+                if not getattr(pkt, "is_discard", False):  # edit-list trimmed: the decoder never outputs it
+                    pts.append(int(pkt.pts))
                 if pkt.is_keyframe:
                     keys.append(int(pkt.pts))
+                    seek[int(pkt.pts)] = int(pkt.dts) if pkt.dts is not None else int(pkt.pts)
         except av.error.FFmpegError as e:
             raise VideoError(path, f"demuxing failed ({e}); the file is corrupt or truncated") from e
     finally:
@@ -120,7 +126,7 @@ def index_packets(path: str) -> tuple[PacketIndex, float]:
     keys.sort()
     if not keys or keys[0] > pts[0]:
         keys.insert(0, pts[0])
-    return PacketIndex(pts, keys), fps
+    return PacketIndex(pts, keys, seek), fps
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -145,7 +151,7 @@ def _decode_pts(
         key = index.key_pts[bisect.bisect_right(index.key_pts, tp) - 1]
         if packets is None or fed_max is None or key > fed_max:
             # The target's keyframe has not been fed yet: jump there (seek flushes the decoder).
-            c.seek(key, stream=stream, backward=True, any_frame=False)
+            c.seek((index.key_seek or {}).get(key, key), stream=stream, backward=True, any_frame=False)
             packets, fed_max, last_out = c.demux(stream), None, None
         try:
             while tp not in got and not (last_out is not None and last_out > tp):
@@ -191,6 +197,21 @@ def read_frames(
             missing = [p for p in want_pts if p not in got]
     finally:
         c.close()
+    if missing:  # seeking is unreliable in this container (e.g. MPEG-PS): one linear pass, no seeks
+        c = _open(path)
+        try:
+            need = set(missing)
+            for frame in c.decode(video=0):
+                if frame.pts in need and frame.pts not in got:
+                    got[frame.pts] = _to_rgb(frame)
+                    need.discard(frame.pts)
+                    if not need:
+                        break
+        except av.error.FFmpegError:
+            pass  # what was decoded before the damage counts; the rest is reported below
+        finally:
+            c.close()
+        missing = [p for p in want_pts if p not in got]
     if missing:
         bad = [want[want_pts.index(p)] for p in missing[:5]]
         raise VideoError(path, f"frames {bad} could not be decoded; the file is truncated or corrupt")

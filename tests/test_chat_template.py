@@ -120,3 +120,13 @@ def test_bad_conversations(tok):
         tokenize_conversation(tok, [{"from": "robot", "value": "<image>q"}])
     with pytest.raises(ValueError, match="label_policy"):
         TemplateConfig(label_policy="all")
+
+
+def test_placeholder_moved_to_the_front(tok):
+    """The reference's preprocess_multimodal: one '<image>' elsewhere in a turn moves to its start."""
+    from data_pipeline.chat_template import tokenize_conversation
+
+    def ids(q):
+        return tokenize_conversation(tok, [{"from": "human", "value": q}, {"from": "gpt", "value": "2"}]).input_ids
+
+    np.testing.assert_array_equal(ids("How many chairs? <image>"), ids("<image>\nHow many chairs?"))

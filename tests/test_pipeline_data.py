@@ -350,3 +350,41 @@ def test_video_cache_same_batches_fewer_decodes(data, monkeypatch):
     assert len([p for p in decoded if "scene" in p]) > 8  # a 2-entry LRU evicts and re-decodes
     with pytest.raises(ValueError, match="video_cache_size"):
         PipelineConfig(**base, video_cache_size=-1)
+
+
+def test_all_records_bad_is_an_error_not_a_hang(data, tmp_path):
+    """With num_epochs=None (training) a wrong video root used to loop forever in silence."""
+    from data_pipeline.pipeline import NoUsableRecordsError
+
+    src = LlavaJsonSource(data["json"], str(tmp_path / "wrong_root"))
+    for epochs in (None, 1):
+        it = make_iterator(src, data["tok"], PipelineConfig(**SMALL, num_epochs=epochs), shard=(0, 1),
+                           log_fn=lambda s: None)
+        with pytest.raises(NoUsableRecordsError, match=r"none of the 8 records .*missing_file.*wrong_root"):
+            next(iter(it))
+
+
+@pytest.mark.parametrize("shard, match", [((2, 2), "0 <= index < count"), ((-1, 2), "0 <= index < count"),
+                                          ((0, 0), "0 <= index < count"), ((0, 20), "gets no records")])
+def test_bad_shards(data, shard, match):
+    cfg = PipelineConfig(**{**SMALL, "batch_size": shard[1] or 1})
+    with pytest.raises(ValueError, match=match):
+        make_iterator(LlavaJsonSource(data["json"], data["root"]), data["tok"], cfg, shard=shard)
+
+
+@pytest.mark.parametrize("field", ["num_frames", "batch_size", "siglip_size", "geometry_size", "num_epochs"])
+def test_config_rejects_non_positive(field):
+    with pytest.raises(ValueError, match=field):
+        PipelineConfig(**{**SMALL, field: 0})
+
+
+def test_annotation_files_with_a_bom_or_one_object(data, tmp_path):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "list.json").write_bytes(bom + json.dumps(data["good"][:3]).encode())
+    (tmp_path / "lines.jsonl").write_bytes(bom + b"\n".join(json.dumps(r).encode() for r in data["good"][:3]))
+    for name in ("list.json", "lines.jsonl"):
+        src = LlavaJsonSource(str(tmp_path / name), data["root"])
+        assert [src[i].get("id") for i in range(len(src))] == ["g0", "g1", "g2"], name
+    (tmp_path / "one.json").write_text(json.dumps(data["good"][0], indent=2))
+    with pytest.raises(ValueError, match="holds one JSON dict"):
+        LlavaJsonSource(str(tmp_path / "one.json"), data["root"])

@@ -140,3 +140,32 @@ def test_missed_frame_is_retried_without_skipping(videos, monkeypatch):
     idx = [5, 40, 77, 120]
     np.testing.assert_array_equal(read_frames(videos["h264"], idx), read_frames_full(videos["h264"], idx))
     assert calls == [(4, True), (1, False)]
+
+
+@pytest.mark.parametrize("name,codec", [("b_frames.ts", "libx264"), ("program.mpg", "mpeg2video")])
+def test_mpeg_ts_and_ps_containers(tmp_path, name, codec):
+    """MPEG-TS seeks by dts and MPEG-PS timestamps move after a seek; both must still sample exactly."""
+    path = write_barcode_video(str(tmp_path / name), 40, fps=25, codec=codec, gop=10)
+    for n in (1, 7, 32):
+        v = load_video(path, n)
+        assert v.total_frames == 40 and decoded_indices(v.frames) == sample_indices(40, n).tolist()
+
+
+def test_mp4_edit_list_that_trims_the_start(tmp_path):
+    """Clips cut by stream copy start with packets the decoder never shows (an edit list)."""
+    import struct
+
+    import av
+
+    src = write_barcode_video(str(tmp_path / "src.mp4"), 40, fps=30, gop=10)
+    raw = bytearray(open(src, "rb").read())
+    at = raw.find(b"elst")
+    _, media_time = struct.unpack(">Ii", raw[at + 12 : at + 20])  # version 0: segment duration, media time
+    with av.open(src) as c:
+        frame_ticks = int(round(1 / (30 * c.streams.video[0].time_base)))
+    struct.pack_into(">i", raw, at + 16, media_time + 3 * frame_ticks)  # the edit starts 3 frames later
+    path = tmp_path / "trimmed.mp4"
+    path.write_bytes(bytes(raw))
+    v = load_video(str(path), 8)
+    assert v.total_frames == 37
+    assert decoded_indices(v.frames) == (3 + sample_indices(37, 8)).tolist()
