@@ -12,7 +12,7 @@ def mesh_config() -> ml_collections.ConfigDict:
     ``mesh.rules`` maps logical axis names to mesh axes (see vlm3r_jax/sharding.py)."""
     c = ml_collections.ConfigDict()
     c.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-    c.rules = [(name, axes) for name, axes in DEFAULT_RULES]
+    c.rules = tuple((name, axes) for name, axes in DEFAULT_RULES)
     return c
 
 

@@ -25,10 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
         param_dtype="bfloat16", dtype="bfloat16", attention_impl="xla",
     ))
     c.lora = ml_collections.ConfigDict(dict(
-        rank=128, alpha=256.0, dropout=0.05, targets=[r".*\.(q|k|v|o|gate|up|down)"]))
+        rank=128, alpha=256.0, dropout=0.05, targets=(r".*\.(q|k|v|o|gate|up|down)",)))
     c.data = ml_collections.ConfigDict(dict(global_batch=0, seq_len=4096))  # 0 -> one row per device
     c.train = ml_collections.ConfigDict(dict(
-        steps=1000, grad_accum_steps=1, trainable=[], train_lora=True, seed=0))
+        steps=1000, grad_accum_steps=1, trainable=(), train_lora=True, seed=0))
     c.optim = ml_collections.ConfigDict(dict(
         lr=2e-5, warmup_ratio=0.03, weight_decay=0.0, max_grad_norm=1.0))
     c.mesh = mesh_config()

@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.steps = 5 * 1600  # 5 epochs of ~205K QA at global batch 128
     c.train.batch_size = 128
     c.train.grad_accum_steps = 16
-    c.train.trainable = [r"fusion_block\..*", r"mm_projector\.linears\..*"]
+    c.train.trainable = (r"fusion_block\..*", r"mm_projector\.linears\..*")
     c.train.save_every = 500
     c.optim.lr = 2e-5
     c.optim.warmup_ratio = 0.03

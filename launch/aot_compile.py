@@ -61,4 +61,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from launch import cli
+
+    cli.run(lambda argv: sys.exit(main(argv)))

@@ -49,8 +49,11 @@ def apply_overrides(cfg, pairs: list[str], what: str) -> None:
             raise KeyError(f"{what}: no field {leaf!r} in {key!r}; valid: {sorted(node.keys())}")
         value = _parse_value(text)
         if isinstance(node[leaf], (list, tuple)) and isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        node[leaf] = value
+            value = type(node[leaf])(v for v in value.split(",") if v)
+        try:
+            node[leaf] = value
+        except TypeError as e:  # ConfigDict keeps each field's type
+            raise ValueError(f"{what} {key}={text!r}: {e}") from e
 
 
 def make_data(out: str, scenes: int, seed: int, overrides: list[str] | None = None) -> str:
@@ -186,7 +189,8 @@ AFTER_TRAINING_S = 100.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
     ap.add_argument("--steps", type=int, default=1200,
                     help="training steps (default 1200: 15-19 min on a quiet 2-core CPU)")
@@ -203,14 +207,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of configs/data_synthetic.py:demo, e.g. --data-set num_per_task=8")
     args = ap.parse_args(argv)
+    # the held-out fifth of the scenes needs 2 for the other-scene control (eval_fraction 0.2)
+    if args.scenes < 8:
+        ap.error(f"--scenes {args.scenes}: at least 8, so that 2 or more scenes are held out for evaluation")
+    if args.steps < 1:
+        ap.error(f"--steps {args.steps}: at least 1")
 
-    from configs import demo_tiny, eval_vsibench
+    from configs import data_synthetic, demo_tiny, eval_vsibench
     from launch import eval as eval_launcher
     from vlm3r_jax import api
     from vlm3r_jax.train import vlm3r_task
 
+    try:  # a bad --set / --data-set fails here, not after the dataset is generated
+        apply_overrides(demo_tiny.get_config(), args.set, "--set")
+        apply_overrides(data_synthetic.get_config("demo"), args.data_set, "--data-set")
+    except (KeyError, ValueError) as e:
+        ap.error(str(e).strip('"'))
     t0 = time.time()
     wd = os.path.abspath(args.workdir)
+    if os.path.exists(wd) and not os.path.isdir(wd):
+        ap.error(f"--workdir {wd} is a file; pass a directory")
     _say("1/5 procedural scene dataset")
     data = make_data(os.path.join(wd, "data"), args.scenes, args.seed, args.data_set)
     t_data = time.time() - t0
@@ -220,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     tok_dir = make_tokenizer(data, os.path.join(wd, "tokenizer"), split_digits=bool(cfg.data.split_digits))
     cfg.data.root = data
     cfg.data.tokenizer_dir = tok_dir
-    cfg.data.train_files = [group_by_scene(data, cfg.data.questions_per_row, args.seed)]
+    cfg.data.train_files = (group_by_scene(data, cfg.data.questions_per_row, args.seed),)
     cfg.train.steps = args.steps
     cfg.train.batch_size = args.batch_size
     cfg.train.seed = args.seed

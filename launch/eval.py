@@ -9,6 +9,7 @@ Writes ``DIR/samples.jsonl`` (per sample, resumable), ``DIR/scores.json`` (per t
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 from absl import app, flags
@@ -106,6 +107,8 @@ def run(cfg: Any, workdir: str) -> dict | None:
     # runner needs every id for resuming and the final table; the per-record work (prompt, video
     # check, decode + tokenization for a model) streams through a Grain dataset in the runner.
     recs = records_lib.load_records(cfg.data_root, cfg.benchmark, cfg.records or None, cfg.limit)
+    if not recs:
+        raise ValueError(f"no records to evaluate in {cfg.records or cfg.data_root}")
     predict_fn, check_videos = make_predictor(cfg, recs)
     writer = True
     if getattr(predict_fn, "uses_jax", False):
@@ -133,7 +136,32 @@ def run(cfg: Any, workdir: str) -> dict | None:
         writer=writer,
         # workers only pay off for a predictor with per-record host work (decode + tokenize)
         worker_count=cfg.get("worker_count", 0) if getattr(predict_fn, "prepare", None) else 0,
+        identity=run_identity(cfg),
     )
+
+
+def _fingerprint(path: str) -> str:
+    """Names, sizes and modification times of the files under ``path``: changes when a checkpoint
+    is rewritten (trained further, exported again), without reading the weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            h.update(f"{os.path.relpath(os.path.join(root, name), path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def run_identity(cfg: Any) -> dict:
+    """What decides the answers beyond the predictor's name: resuming a workdir whose samples came
+    from another checkpoint or other settings starts over (runner.run_eval)."""
+    ident = {k: cfg.get(k) for k in ("predictor", "seed", "num_frames", "max_new_tokens", "text_only", "pre_prompt",
+                                     "mc_post_prompt", "na_post_prompt", "prior_records")}
+    if cfg.checkpoint:
+        ident.update(checkpoint=os.path.abspath(cfg.checkpoint), weights=_fingerprint(cfg.checkpoint))
+    return ident
 
 
 def main(argv: list[str]) -> None:
@@ -147,4 +175,6 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     _define_flags()
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    from launch import cli
+
+    cli.run(main)

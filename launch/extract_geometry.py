@@ -164,4 +164,6 @@ def main(argv: list[str], f: dict) -> None:
 
 if __name__ == "__main__":
     _flags = _define_flags()
-    app.run(lambda argv: main(argv, _flags))
+    from launch import cli
+
+    cli.run(lambda argv: main(argv, _flags))

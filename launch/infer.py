@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"video not found: {args.video} (give a video file or a directory of frames)")
     if not os.path.isdir(args.checkpoint):
         return _fail(f"checkpoint directory not found: {args.checkpoint}")
+    if args.viz and not os.path.isdir(os.path.dirname(os.path.abspath(args.viz))):
+        return _fail(f"--viz {args.viz}: the folder {os.path.dirname(os.path.abspath(args.viz))} does not exist")
+    if any(not q.strip() for q in args.question):
+        return _fail("--question is empty")
 
     from data_pipeline.chat_template import ConversationError
     from data_pipeline.video import VideoError

@@ -30,7 +30,8 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
     if config is None or not workdir:
         print(__doc__, file=sys.stderr)
@@ -48,4 +49,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    from launch import cli
+
+    cli.run(main)

@@ -385,6 +385,34 @@ def test_fixed_record_is_answered_on_resume_and_retry_failed(tmp_path):
         seen.extend(r["id"] for r in batch)
         return inner(batch)
 
+    counting.name = getattr(inner, "name", "model")  # the same predictor, or resuming starts over
     second = runner.run_eval(recs, counting, work, 4, retry_failed=True, progress=False, print_table=False)
     assert sorted(seen) == sorted([info["malformed"], info["missing"]])
     assert second["footer"]["n_failed"] == 0 and second["footer"]["n_malformed"] == 2
+
+
+def test_resume_with_another_predictor_or_checkpoint_starts_over(tmp_path):
+    """Reusing answers of another predictor, or of an earlier state of the same checkpoint, would
+    label stale predictions with this run's name."""
+    data = str(tmp_path / "bench")
+    make_bench(data, per_type=1)
+    work = str(tmp_path / "w")
+    recs = records_lib.load_records(data, "vsibench")
+    runner.run_eval(recs, noisy_oracle(), work, 4, progress=False, print_table=False, identity={"weights": "a"})
+    seen = []
+
+    def chance(batch):
+        seen.extend(r["id"] for r in batch)
+        return ["A"] * len(batch)
+
+    chance.name = "chance"
+    runner.run_eval(recs, chance, str(tmp_path / "fresh"), 4, progress=False, print_table=False)
+    asked = sorted(seen)  # all but the records that fail before prediction (bad ones in make_bench)
+    seen.clear()
+    runner.run_eval(recs, chance, work, 4, progress=False, print_table=False)
+    assert sorted(seen) == asked and os.path.exists(os.path.join(work, "samples.jsonl.stale"))
+    seen.clear()
+    runner.run_eval(recs, chance, work, 4, progress=False, print_table=False)  # same run: resumes
+    assert seen == []
+    runner.run_eval(recs, chance, work, 4, progress=False, print_table=False, identity={"weights": "b"})
+    assert sorted(seen) == asked

@@ -27,7 +27,8 @@ from typing import Any
 from data_pipeline.sources import _JsonRecords
 from vlm3r_jax.eval import tasks
 
-RECORD_FILE_CANDIDATES = ("test.jsonl", "test.json", "{benchmark}.jsonl", "{benchmark}.json", "test*.parquet")
+RECORD_FILE_CANDIDATES = ("test.jsonl", "test.json", "{benchmark}.jsonl", "{benchmark}.json",
+                          "{benchmark}_test.jsonl", "test*.parquet")  # {benchmark}_test.jsonl: make_dataset's name
 
 
 def find_records_file(root: str, benchmark: str) -> str:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zlib
 from collections import Counter
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from vlm3r_jax.eval import metrics, prompts, report, tasks, vsibench, vstibench
+
+log = logging.getLogger(__name__)
 
 PredictFn = Callable[[list[dict[str, Any]]], list[str]]
 SAMPLES_FILE, SCORES_FILE, TABLE_FILE, CHART_FILE = "samples.jsonl", "scores.json", "table.md", "chart.png"
@@ -97,8 +100,38 @@ def prior_predictor(fit_records: Sequence[Mapping[str, Any]], benchmark: str = "
 
 
 # --------------------------------------------------------------------------------------------
-# Per-sample JSONL.
+# Per-sample JSONL, and what produced it.
 # --------------------------------------------------------------------------------------------
+IDENTITY_FILE = "run_identity.json"
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def _stale_reason(workdir: str, identity: Mapping[str, Any], done: Mapping[str, dict]) -> str | None:
+    """Why the samples already in ``workdir`` cannot be resumed by this run (None: they can)."""
+    if not done:
+        return None
+    others = {d.get("predictor") for d in done.values()} - {identity["predictor"]}
+    if others:
+        return f"its samples came from predictor {sorted(map(str, others))}, not {identity['predictor']!r}"
+    path = os.path.join(workdir, IDENTITY_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                before = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return f"{path} is unreadable"
+        changed = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
+        if changed:
+            return f"the run that wrote its samples differs in {changed} (e.g. the checkpoint was trained further)"
+    return None
+
+
 def read_samples(path: str, repair: bool = True) -> dict[str, dict[str, Any]]:
     """id -> latest line of a per-sample JSONL. A torn final line (crash mid-write) is dropped and,
     with ``repair``, cut from the file so appends continue on a clean line."""
@@ -354,6 +387,7 @@ def run_eval(
     print_table: bool = True,
     writer: bool = True,
     worker_count: int = 0,
+    identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Runs ``predict_fn`` over ``records`` (normalized, see :func:`records.load_records`) in batches,
     resumably, and writes ``samples.jsonl``, ``scores.json``, ``table.md`` and ``chart.png`` under
@@ -384,6 +418,17 @@ def run_eval(
     os.makedirs(workdir, exist_ok=True)
     samples_path = os.path.join(workdir, SAMPLES_FILE)
     done = read_samples(samples_path, repair=writer)  # only the writer may cut a torn line
+    identity = {"predictor": predictor_name, **(identity or {})}
+    stale = _stale_reason(workdir, identity, done)
+    if stale:  # resuming would mix (or reuse) another predictor's answers
+        done = {}
+        if writer:
+            if os.path.exists(samples_path):
+                os.replace(samples_path, samples_path + ".stale")
+            log.warning("%s: %s; the earlier samples are in %s.stale and this run starts over",
+                        workdir, stale, samples_path)
+    if writer:
+        _write_json(os.path.join(workdir, IDENTITY_FILE), identity)
 
     pending = _Pending(done, retry_failed)
     todo = sum(1 for r in records if pending(r))

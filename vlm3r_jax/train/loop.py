@@ -164,7 +164,7 @@ def train(
                         if "attention_mask" in host else row["tokens"]
                     row["mfu"] = flops_per_token * seq_tokens / max(t2 - t1, 1e-9) / peak_flops
                 history.append({"step": step + 1, **row})
-                if (step + 1) % tc.get("log_every", 1) == 0:
+                if (step + 1) % tc.get("log_every", 1) == 0 or step + 1 == tc.steps:
                     writer.write_scalars(step + 1, row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
