@@ -54,7 +54,8 @@ def _work(args):
 def scene_specs(cfg) -> list[SceneSpec]:
     """Scene i gets seed (cfg.seed, i); the eval scenes are a seeded random subset."""
     n = int(cfg.num_scenes)
-    n_eval = int(round(cfg.eval_fraction * n)) if n > 1 else 0
+    # both splits get at least one scene
+    n_eval = min(n - 1, max(1, int(round(cfg.eval_fraction * n)))) if n > 1 else 0
     eval_idx = set(np.random.default_rng([cfg.seed, 7]).permutation(n)[:n_eval].tolist())
     return [SceneSpec(index=i, seed=int(cfg.seed), split="val" if i in eval_idx else "train", dataset=cfg.dataset,
                       num_frames=int(cfg.num_frames), fps=float(cfg.fps), width=int(cfg.width), height=int(cfg.height),
@@ -159,6 +160,9 @@ def make_dataset(cfg, out_dir: str, progress: bool = True) -> dict:
     """Everything the CLI does; returns the stats dict."""
     from tqdm import tqdm
 
+    if int(cfg.num_scenes) < 2 or not 0 < float(cfg.eval_fraction) < 1:
+        raise ValueError(f"num_scenes={cfg.num_scenes}, eval_fraction={cfg.eval_fraction}: needs num_scenes >= 2 "
+                         "and 0 < eval_fraction < 1, so that both splits get scenes")
     t0 = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     specs = scene_specs(cfg)

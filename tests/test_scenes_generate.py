@@ -103,3 +103,17 @@ def test_l_shaped_rooms():
         assert r.area < r.width * r.depth
         for o in r.objects:
             assert not _overlap_2d(o.footprint(), r.cutout_footprint(), 0.0), o.category
+
+
+def test_both_splits_get_scenes():
+    from configs import data_synthetic
+    from data_pipeline.make_dataset import make_dataset, scene_specs
+
+    cfg = data_synthetic.get_config("tiny")
+    for n in (2, 3, 7):
+        cfg.num_scenes = n
+        splits = [s.split for s in scene_specs(cfg)]
+        assert splits.count("val") >= 1 and splits.count("train") >= 1, n
+    cfg.num_scenes = 0
+    with pytest.raises(ValueError, match="num_scenes >= 2"):
+        make_dataset(cfg, "/nonexistent/unused")
