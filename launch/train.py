@@ -44,7 +44,12 @@ def main(argv: list[str]) -> None:
     from vlm3r_jax.train import vlm3r_task
 
     result, out = vlm3r_task.run(config, workdir)
-    print(f"trained to step {result.last_step}; model exported to {out}")
+    if result.preempted or result.last_step < config.train.steps:
+        why = "SIGTERM" if result.preempted else "train.max_seconds"
+        print(f"stopped by {why} at step {result.last_step} of {config.train.steps} (checkpointed; the same "
+              f"command resumes); the model so far is exported to {out}")
+    else:
+        print(f"trained to step {result.last_step}; model exported to {out}")
 
 
 if __name__ == "__main__":
