@@ -157,8 +157,9 @@ def _fingerprint(path: str) -> str:
 def run_identity(cfg: Any) -> dict:
     """What decides the answers beyond the predictor's name: resuming a workdir whose samples came
     from another checkpoint or other settings starts over (runner.run_eval)."""
-    ident = {k: cfg.get(k) for k in ("predictor", "seed", "num_frames", "max_new_tokens", "text_only", "pre_prompt",
+    ident = {k: cfg.get(k) for k in ("seed", "num_frames", "max_new_tokens", "text_only", "pre_prompt",
                                      "mc_post_prompt", "na_post_prompt", "prior_records")}
+    ident["predictor_kind"] = cfg.get("predictor")
     if cfg.checkpoint:
         ident.update(checkpoint=os.path.abspath(cfg.checkpoint), weights=_fingerprint(cfg.checkpoint))
     return ident

@@ -416,3 +416,20 @@ def test_resume_with_another_predictor_or_checkpoint_starts_over(tmp_path):
     assert seen == []
     runner.run_eval(recs, chance, work, 4, progress=False, print_table=False, identity={"weights": "b"})
     assert sorted(seen) == asked
+
+
+def test_launcher_resumes_its_own_run(tmp_path):
+    from configs import eval_vsibench
+    from launch import eval as eval_launcher
+
+    data = str(tmp_path / "bench")
+    make_bench(data, per_type=1)
+    cfg = eval_vsibench.get_config()
+    cfg.data_root, cfg.predictor, cfg.progress, cfg.include_paper_row = data, "", False, False  # "": chance
+    work = str(tmp_path / "w")
+    eval_launcher.run(cfg, work)
+    eval_launcher.run(cfg, work)  # the same run: resumes, nothing is redone
+    assert not os.path.exists(os.path.join(work, "samples.jsonl.stale"))
+    cfg.seed = 1
+    eval_launcher.run(cfg, work)  # other answers: starts over
+    assert os.path.exists(os.path.join(work, "samples.jsonl.stale"))

@@ -418,7 +418,7 @@ def run_eval(
     os.makedirs(workdir, exist_ok=True)
     samples_path = os.path.join(workdir, SAMPLES_FILE)
     done = read_samples(samples_path, repair=writer)  # only the writer may cut a torn line
-    identity = {"predictor": predictor_name, **(identity or {})}
+    identity = {**(identity or {}), "predictor": predictor_name}
     stale = _stale_reason(workdir, identity, done)
     if stale:  # resuming would mix (or reuse) another predictor's answers
         done = {}
