@@ -95,7 +95,7 @@ class PacketIndex:
     key_pts: list[int]
     # keyframe pts -> the timestamp to seek to, its dts: MPEG-TS seeks by dts, so seeking to a
     # keyframe's pts lands on the packet after it
-    key_seek: dict[int, int] | None = None
+    key_seek: dict[int, int]
 
 
 def index_packets(path: str) -> tuple[PacketIndex, float]:
@@ -151,7 +151,7 @@ def _decode_pts(
         key = index.key_pts[bisect.bisect_right(index.key_pts, tp) - 1]
         if packets is None or fed_max is None or key > fed_max:
             # The target's keyframe has not been fed yet: jump there (seek flushes the decoder).
-            c.seek((index.key_seek or {}).get(key, key), stream=stream, backward=True, any_frame=False)
+            c.seek(index.key_seek.get(key, key), stream=stream, backward=True, any_frame=False)
             packets, fed_max, last_out = c.demux(stream), None, None
         try:
             while tp not in got and not (last_out is not None and last_out > tp):

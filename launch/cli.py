@@ -72,16 +72,15 @@ def _parser(config_flag: str | None) -> Callable[[list[str]], list[str]]:
     def _parse(argv: list[str]) -> list[str]:
         if any(a in HELP_ARGS for a in argv[1:]):
             app.usage(shorthelp=False, writeto_stdout=True, exitcode=0)
-        if config_flag is not None:
-            spec = _flag_value(argv, config_flag)
-            if spec is not None and not os.path.isfile(spec.partition(":")[0]):
-                raise flags.Error(f"--{config_flag}: config file {spec.partition(':')[0]!r} does not exist "
-                                  "(see configs/ for the available ones)")
+        spec = _flag_value(argv, config_flag) if config_flag is not None else None
+        if spec is not None and not os.path.isfile(path := spec.partition(":")[0]):
+            raise flags.Error(f"--{config_flag}: config file {path!r} does not exist "
+                              "(see configs/ for the available ones)")
         try:
             return flags.FLAGS(argv)
         except (AttributeError, KeyError) as e:  # ml_collections on an unknown --config.x key
             msg = None
-            if config_flag is not None and (spec := _flag_value(argv, config_flag)) is not None:
+            if spec is not None:
                 try:
                     msg = unknown_key_message(_load_config(spec), config_flag, argv)
                 except Exception:  # noqa: BLE001 - only for a better message; fall back to the original

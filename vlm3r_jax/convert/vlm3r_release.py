@@ -339,7 +339,8 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
     if unused:
         log.warning("%s: %d tensor(s) name no parameter of the model and are ignored, as the reference does "
                     "(strict=False): %s", non_lora.where(), len(unused), unused[:5])
-        non_lora = DictSource({k: non_lora.get(k) for k in non_lora.keys() if k not in set(unused)},
+        dropped = set(unused)
+        non_lora = DictSource({k: non_lora.get(k) for k in non_lora.keys() if k not in dropped},
                               name=non_lora.where())
     src = OverlaySource(base, non_lora)
     proj = [k for k in src.keys() if k.startswith("model.mm_projector.") or k == "model.image_newline"]

@@ -105,13 +105,6 @@ def prior_predictor(fit_records: Sequence[Mapping[str, Any]], benchmark: str = "
 IDENTITY_FILE = "run_identity.json"
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
 def _stale_reason(workdir: str, identity: Mapping[str, Any], done: Mapping[str, dict]) -> str | None:
     """Why the samples already in ``workdir`` cannot be resumed by this run (None: they can)."""
     if not done:
@@ -418,7 +411,8 @@ def run_eval(
     os.makedirs(workdir, exist_ok=True)
     samples_path = os.path.join(workdir, SAMPLES_FILE)
     done = read_samples(samples_path, repair=writer)  # only the writer may cut a torn line
-    identity = {**(identity or {}), "predictor": predictor_name}
+    # as it reads back from the file (tuples become lists), so equal runs compare equal
+    identity = json.loads(json.dumps({**(identity or {}), "predictor": predictor_name}))
     stale = _stale_reason(workdir, identity, done)
     if stale:  # resuming would mix (or reuse) another predictor's answers
         done = {}
@@ -428,7 +422,7 @@ def run_eval(
             log.warning("%s: %s; the earlier samples are in %s.stale and this run starts over",
                         workdir, stale, samples_path)
     if writer:
-        _write_json(os.path.join(workdir, IDENTITY_FILE), identity)
+        report.write_json(os.path.join(workdir, IDENTITY_FILE), identity)
 
     pending = _Pending(done, retry_failed)
     todo = sum(1 for r in records if pending(r))

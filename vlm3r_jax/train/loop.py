@@ -174,9 +174,10 @@ def train(
                     if scores:
                         writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in scores.items()})
                 # All processes must agree to stop: the forced save below is a collective.
+                sigterm = guard.requested.is_set()
                 out_of_time = deadline is not None and time.monotonic() > deadline and step + 1 < tc.steps
-                if distributed.any_process(guard.requested.is_set() or out_of_time):
-                    preempted = distributed.any_process(guard.requested.is_set())
+                if distributed.any_process(sigterm or out_of_time):
+                    preempted = distributed.any_process(sigterm)  # the same answer on every process
                     if preempted:
                         log.warning("SIGTERM received: checkpointing step %d and exiting", step + 1)
                     elif lead:
