@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import av
 import numpy as np
@@ -93,8 +94,9 @@ class PacketIndex:
 
     pts: list[int]
     key_pts: list[int]
-    # keyframe pts -> the timestamp to seek to, its dts: MPEG-TS seeks by dts, so seeking to a
-    # keyframe's pts lands on the packet after it
+    # keyframe pts -> its dts: the second seek target. MP4 seeks by pts (seeking to a keyframe's
+    # dts lands one GOP early and doubles the decode); MPEG-TS seeks by dts (seeking to the pts
+    # lands after the keyframe), so :func:`_seek_key` tries the pts and falls back to this.
     key_seek: dict[int, int]
 
 
@@ -133,6 +135,23 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
+def _seek_key(c: av.container.InputContainer, stream: av.video.stream.VideoStream, index: PacketIndex,
+              key: int) -> Iterator[av.Packet]:
+    """Packets from keyframe ``key`` on (or from an earlier keyframe: correct, only slower)."""
+    for target in dict.fromkeys((key, index.key_seek.get(key, key))):
+        c.seek(target, stream=stream, backward=True, any_frame=False)
+        packets = c.demux(stream)
+        head = []
+        for pkt in packets:
+            head.append(pkt)
+            if pkt.pts is not None:
+                break
+        if not head or head[-1].pts is None or head[-1].pts <= key:
+            return itertools.chain(head, packets)
+    # both seeks overshot: the caller notices the missing frames and decodes without seeking
+    return itertools.chain(head, packets)
+
+
 def _decode_pts(
     c: av.container.InputContainer, index: PacketIndex, want: list[int], skip_nonref: bool, path: str
 ) -> dict[int, np.ndarray]:
@@ -151,8 +170,7 @@ def _decode_pts(
         key = index.key_pts[bisect.bisect_right(index.key_pts, tp) - 1]
         if packets is None or fed_max is None or key > fed_max:
             # The target's keyframe has not been fed yet: jump there (seek flushes the decoder).
-            c.seek(index.key_seek.get(key, key), stream=stream, backward=True, any_frame=False)
-            packets, fed_max, last_out = c.demux(stream), None, None
+            packets, fed_max, last_out = _seek_key(c, stream, index, key), None, None
         try:
             while tp not in got and not (last_out is not None and last_out > tp):
                 pkt = next(packets, None)
@@ -176,11 +194,13 @@ def _decode_pts(
 
 
 def read_frames(
-    path: str, indices: Sequence[int], index: PacketIndex | None = None, skip_nonref: bool = True
+    path: str, indices: Sequence[int], index: PacketIndex | None = None, skip_nonref: bool = True,
+    threads: int = 0,
 ) -> np.ndarray:
     """uint8 [len(indices), H, W, 3] of the given frame indices (any order, repeats allowed),
     decoding at most one GOP per wanted frame and skipping non-reference frames that are not
-    wanted (``skip_nonref``; a frame it misses is decoded again without skipping)."""
+    wanted (``skip_nonref``; a frame it misses is decoded again without skipping).
+    ``threads``: decoder threads, 0 = FFmpeg's choice (about one per core)."""
     if index is None:
         index, _ = index_packets(path)
     want = sorted(set(int(i) for i in indices))
@@ -190,6 +210,8 @@ def read_frames(
     c = _open(path)
     try:
         c.streams.video[0].thread_type = "AUTO"
+        if threads > 0:
+            c.streams.video[0].thread_count = threads
         got = _decode_pts(c, index, want_pts, skip_nonref, path)
         missing = [p for p in want_pts if p not in got]
         if missing and skip_nonref:
@@ -261,8 +283,9 @@ def _read_image(path: str) -> np.ndarray:
 
 
 # --- the entry point -------------------------------------------------------------------------
-def load_video(path: str, num_frames: int = 32, frames_dir_fps: float = 2.0) -> DecodedVideo:
-    """N uniformly sampled RGB frames of a video file or a frame directory."""
+def load_video(path: str, num_frames: int = 32, frames_dir_fps: float = 2.0, decode_threads: int = 0) -> DecodedVideo:
+    """N uniformly sampled RGB frames of a video file or a frame directory (``decode_threads``: see
+    :func:`read_frames`)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         files = list_frame_files(path)
@@ -278,5 +301,5 @@ def load_video(path: str, num_frames: int = 32, frames_dir_fps: float = 2.0) -> 
     index, fps = index_packets(path)
     total = len(index.pts)
     idx = sample_indices(total, num_frames)
-    frames = read_frames(path, idx, index)
+    frames = read_frames(path, idx, index, threads=decode_threads)
     return DecodedVideo(frames, idx, idx / fps, total / fps, total, fps)

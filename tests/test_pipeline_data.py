@@ -352,6 +352,28 @@ def test_video_cache_same_batches_fewer_decodes(data, monkeypatch):
         PipelineConfig(**base, video_cache_size=-1)
 
 
+def test_decode_threads(data, monkeypatch):
+    """Worker processes decode with cores // workers threads (no oversubscription); the frames do
+    not depend on the thread count."""
+    from data_pipeline import pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod.os, "cpu_count", lambda: 8)
+    def threads(**kw) -> int:
+        return pipeline_mod.decode_threads(PipelineConfig(**{**SMALL, **kw}))
+
+    assert threads(worker_count=0) == 0  # in-process: FFmpeg's choice
+    assert threads(worker_count=2) == 4
+    assert threads(worker_count=16) == 1
+    assert threads(worker_count=2, decode_threads=3) == 3
+    with pytest.raises(ValueError, match="decode_threads"):
+        PipelineConfig(**SMALL, decode_threads=-1)
+    src = LlavaJsonSource(data["json"], data["root"])
+    base = SMALL
+    want = [_digest(b) for b in make_iterator(src, data["tok"], PipelineConfig(**base), shard=(0, 1))]
+    one = make_iterator(src, data["tok"], PipelineConfig(**base, decode_threads=1), shard=(0, 1))
+    assert [_digest(b) for b in one] == want
+
+
 def test_all_records_bad_is_an_error_not_a_hang(data, tmp_path):
     """With num_epochs=None (training) a wrong video root used to loop forever in silence."""
     from data_pipeline.pipeline import NoUsableRecordsError

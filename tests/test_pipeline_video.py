@@ -151,6 +151,24 @@ def test_mpeg_ts_and_ps_containers(tmp_path, name, codec):
         assert v.total_frames == 40 and decoded_indices(v.frames) == sample_indices(40, n).tolist()
 
 
+@pytest.mark.parametrize("name", ["gops.mp4", "gops.ts"])
+def test_seek_starts_at_the_wanted_keyframe(tmp_path, name):
+    """A seek must land on the target GOP's keyframe, not one GOP early: MP4 seeks by pts, MPEG-TS
+    by dts, and landing early decodes every GOP twice (2x slower sampling, same frames)."""
+    import av
+
+    from data_pipeline.video import _seek_key
+
+    path = write_barcode_video(str(tmp_path / name), 60, fps=25, codec="libx264", gop=10)
+    index, _ = index_packets(path)
+    assert len(index.key_pts) >= 5
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        for key in reversed(index.key_pts):
+            first = next(p for p in _seek_key(c, stream, index, key) if p.pts is not None)
+            assert first.pts == key and first.is_keyframe
+
+
 def test_mp4_edit_list_that_trims_the_start(tmp_path):
     """Clips cut by stream copy start with packets the decoder never shows (an edit list)."""
     import struct
