@@ -33,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video", required=True, help="a video file (mp4, ...) or a directory of frame images")
     p.add_argument("--question", required=True, action="append",
                    help="the question; repeat the flag to ask follow-up questions in one conversation")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled uniformly from the video (default 32)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames sampled uniformly from the video (default: what the checkpoint was trained with, "
+                        "recorded by our trainer; 32 for a released model)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit in tokens (default 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
@@ -43,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter/compute dtype")
     p.add_argument("--viz", default=None, metavar="OUT.png", help="save a picture of the reconstruction here")
     args = p.parse_args(argv)
-    if args.frames < 1:
+    if args.frames is not None and args.frames < 1:
         p.error(f"--frames must be >= 1, got {args.frames}")
     if args.max_new_tokens < 1:
         p.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")

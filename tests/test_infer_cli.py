@@ -69,3 +69,30 @@ def test_bad_input_is_explained(files, capsys, case):
     err = capsys.readouterr().err
     assert rc == 2
     assert expect in err, err
+
+
+def test_checkpoint_remembers_its_frame_count(files, tmp_path):
+    """A model trained on N frames per video answers with N unless told otherwise (the demo trains
+    on 8; sampling 32 at inference would feed it 4x the video tokens it ever saw)."""
+    import json
+
+    from vlm3r_jax import api
+    from vlm3r_jax.convert.vlm3r_ours import read_num_frames
+
+    assert read_num_frames(files["ckpt"]) == 4  # save_pretrained records the model's own count
+    assert api.load_vlm3r(files["ckpt"]).num_frames == 4
+    assert api.load_vlm3r(files["ckpt"], num_frames=6).num_frames == 6
+    old = tmp_path / "old"  # a checkpoint from before the field existed: the release's 32
+    os.makedirs(old)
+    for name in os.listdir(files["ckpt"]):
+        src = os.path.join(files["ckpt"], name)
+        if name == "vlm3r_config.json":
+            d = json.load(open(src))
+            d.pop("num_frames")
+            json.dump(d, open(old / name, "w"))
+        else:
+            os.symlink(src, old / name)
+    assert read_num_frames(str(old)) is None and api.load_vlm3r(str(old)).num_frames == 32
+    # the CLI's default follows the checkpoint: 4 frames, so a 4-frame video is not resampled to 32
+    assert infer.main(["--checkpoint", files["ckpt"], "--video", files["video"], "--question", "How many chairs?",
+                       "--max-new-tokens", "2"]) == 0

@@ -58,6 +58,7 @@ def config_from_dict(d: dict):
 
     d = dict(d)
     d.pop("format_version", None)
+    d.pop("num_frames", None)  # an inference default (see read_num_frames), not part of the network
     subs = dict(llm=Qwen2Config, vision=SiglipVisionConfig, projector=ProjectorConfig, fusion=FusionConfig,
                 lora=LoRAConfig)
     kw = {k: (_dc(subs[k], v) if k in subs else _tuplify(v)) for k, v in d.items() if k != "geometry"}
@@ -65,21 +66,36 @@ def config_from_dict(d: dict):
     return VLM3RConfig(**kw)
 
 
-def save_ours(path: str, cfg, model, tokenizer=None, dtype: Any = None) -> None:
-    """Writes the three parts; the weights file is written atomically (tmp + rename)."""
+def save_ours(path: str, cfg, model, tokenizer=None, dtype: Any = None, num_frames: int | None = None) -> None:
+    """Writes the three parts; the weights file is written atomically (tmp + rename).
+    ``num_frames``: frames per video the model was trained with, stored next to the config (as
+    LLaVA-Video's ``frames_upbound``) so that loading the model samples videos the same way."""
     os.makedirs(path, exist_ok=True)
     _, params, _ = nnx.split(model, nnx.Param, ...)
     tensors = flat_arrays(params)
     if dtype is not None:
         tensors = {k: v.astype(jnp.dtype(dtype)) for k, v in tensors.items()}
     save_safetensors(os.path.join(path, WEIGHTS), tensors, {"format": "vlm3r_jax", "version": str(FORMAT_VERSION)})
+    d = config_to_dict(cfg)
+    if num_frames is not None:
+        d["num_frames"] = int(num_frames)
     with open(os.path.join(path, CONFIG), "w", encoding="utf-8") as f:
-        json.dump(config_to_dict(cfg), f, indent=1)
+        json.dump(d, f, indent=1)
     src = getattr(tokenizer, "source", None)
     if src and os.path.isdir(src) and os.path.abspath(src) != os.path.abspath(path):
         for name in TOKENIZER_FILES:
             if os.path.exists(os.path.join(src, name)):
                 shutil.copy(os.path.join(src, name), os.path.join(path, name))
+
+
+def read_num_frames(path: str) -> int | None:
+    """The frames-per-video a checkpoint written by :func:`save_ours` was trained with, if recorded."""
+    try:
+        with open(os.path.join(path, CONFIG), encoding="utf-8") as f:
+            n = json.load(f).get("num_frames")
+    except (OSError, ValueError):
+        return None
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 def load_ours(path: str, dtype: str | None = None, shardings: Any = None):

@@ -80,14 +80,19 @@ class VLM3RModel:
     @classmethod
     def from_pretrained(cls, path: str, base: str | None = None, geometry: str | None = None, *,
                         dtype: str = "float32", vision_config: str | dict | None = None, keep_lora: bool = False,
-                        num_frames: int = 32, attention_impl: str = "auto") -> VLM3RModel:
+                        num_frames: int | None = None, attention_impl: str = "auto") -> VLM3RModel:
         """``path``: a directory written by :meth:`save_pretrained` / our trainer, or a released
         LoRA dir (``adapter_config.json`` + adapter weights + ``non_lora_trainables.bin`` +
-        ``config.json``) together with ``base`` (LLaVA-Video-Qwen2 dir) and ``geometry`` (CUT3R .pth)."""
+        ``config.json``) together with ``base`` (LLaVA-Video-Qwen2 dir) and ``geometry`` (CUT3R .pth).
+        ``num_frames``: frames sampled per video by ``answer``/``chat``; None = the count our
+        checkpoint was trained with (recorded by the trainer), else 32 as the release."""
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model directory does not exist: {path}")
         if os.path.exists(os.path.join(path, OURS_CONFIG)):
-            return cls._from_ours(path, dtype=dtype, num_frames=num_frames)
+            from vlm3r_jax.convert.vlm3r_ours import read_num_frames
+
+            return cls._from_ours(path, dtype=dtype, num_frames=num_frames or read_num_frames(path) or 32)
+        num_frames = num_frames or 32
         released = any(os.path.exists(os.path.join(path, f)) for f in
                        ("adapter_config.json", "non_lora_trainables.bin"))
         if not released and base is None and _is_llava_dir(path):
@@ -135,7 +140,7 @@ class VLM3RModel:
         """Writes our format: ``vlm3r_config.json`` + ``model.safetensors`` + tokenizer files."""
         from vlm3r_jax.convert.vlm3r_ours import save_ours
 
-        save_ours(path, self.cfg, nnx.merge(self.graphdef, self.params), self.tokenizer)
+        save_ours(path, self.cfg, nnx.merge(self.graphdef, self.params), self.tokenizer, num_frames=self.num_frames)
 
     def export(self, out_dir: str, layout: str = "release", **kwargs: Any) -> dict[str, str | None]:
         """Writes the model in the official VLM-3R layout (``layout="release"``: base

@@ -126,5 +126,5 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
     trained = nnx.merge(result.graphdef, result.state.params, result.frozen)
     trained.eval()
     out = os.path.join(workdir, "model")
-    save_ours(out, vcfg, trained, tok)
+    save_ours(out, vcfg, trained, tok, num_frames=cfg.data.num_frames)
     return result, out
