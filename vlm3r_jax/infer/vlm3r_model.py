@@ -88,11 +88,12 @@ class VLM3RModel:
         checkpoint was trained with (recorded by the trainer), else 32 as the release."""
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model directory does not exist: {path}")
-        if os.path.exists(os.path.join(path, OURS_CONFIG)):
+        if num_frames is None:
             from vlm3r_jax.convert.vlm3r_ours import read_num_frames
 
-            return cls._from_ours(path, dtype=dtype, num_frames=num_frames or read_num_frames(path) or 32)
-        num_frames = num_frames or 32
+            num_frames = read_num_frames(path) or 32  # None for a released dir (no vlm3r_config.json)
+        if os.path.exists(os.path.join(path, OURS_CONFIG)):
+            return cls._from_ours(path, dtype=dtype, num_frames=num_frames)
         released = any(os.path.exists(os.path.join(path, f)) for f in
                        ("adapter_config.json", "non_lora_trainables.bin"))
         if not released and base is None and _is_llava_dir(path):
