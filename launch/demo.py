@@ -248,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.time()
     result, model_dir = vlm3r_task.run(cfg, os.path.join(wd, "train"))
     t_train = time.time() - t1
-    if result.last_step < cfg.train.steps and not result.preempted:
+    if result.preempted:  # a grace period has no room for the evaluation
+        print(f"stopped by SIGTERM at step {result.last_step} of {cfg.train.steps} (checkpointed); the same "
+              f"command resumes")
+        return vlm3r_task.PREEMPTED_EXIT_CODE
+    if result.last_step < cfg.train.steps:
         print(f"training stopped at step {result.last_step} of {cfg.train.steps} to stay inside --time-budget "
               f"{args.time_budget:g} min (--time-budget 0 runs every step)")
     curve = loss_curve(os.path.join(wd, "train"), os.path.join(wd, "loss_curve.png"))

@@ -1,7 +1,8 @@
 """Train VLM-3R: ``python -m launch.train --config configs/<name>.py --workdir DIR [--config.x=y ...]``.
 
 Resumes from the latest checkpoint in ``DIR/checkpoints`` when there is one (params, optimizer,
-step, RNG and the data iterator position). On SIGTERM it writes a checkpoint and exits; a
+step, RNG and the data iterator position). On SIGTERM it writes a checkpoint and exits with status
+143 (as if killed by the signal, so a scheduler re-runs it) without exporting the model; a
 non-finite loss stops the run with the last good checkpoint kept. Metrics go to ``DIR/metrics.jsonl``
 (and TensorBoard when available); the trained model is exported to ``DIR/model`` (load it with
 ``vlm3r_jax.api.load_vlm3r``).
@@ -44,10 +45,14 @@ def main(argv: list[str]) -> None:
     from vlm3r_jax.train import vlm3r_task
 
     result, out = vlm3r_task.run(config, workdir)
-    if result.preempted or result.last_step < config.train.steps:
-        why = "SIGTERM" if result.preempted else "train.max_seconds"
-        print(f"stopped by {why} at step {result.last_step} of {config.train.steps} (checkpointed; the same "
-              f"command resumes); the model so far is exported to {out}")
+    if result.preempted:
+        print(f"stopped by SIGTERM at step {result.last_step} of {config.train.steps}: checkpointed in "
+              f"{workdir}/checkpoints, not exported; the same command resumes "
+              f"(exit status {vlm3r_task.PREEMPTED_EXIT_CODE})")
+        sys.exit(vlm3r_task.PREEMPTED_EXIT_CODE)
+    if result.last_step < config.train.steps:
+        print(f"stopped by train.max_seconds at step {result.last_step} of {config.train.steps} (checkpointed; "
+              f"the same command resumes); the model so far is exported to {out}")
     else:
         print(f"trained to step {result.last_step}; model exported to {out}")
 

@@ -43,3 +43,65 @@ def test_demo_checks_its_arguments_before_any_work(tmp_path):
         r = _run("launch.demo", "--workdir", str(tmp_path / "w"), *args)
         assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "w").exists()
+
+
+def _preempted_run(calls):
+    from types import SimpleNamespace
+
+    def run(cfg, workdir, **_):
+        calls.append(workdir)
+        return SimpleNamespace(preempted=True, last_step=3, history=[]), None
+
+    return run
+
+
+def test_train_exits_143_after_a_sigterm_checkpoint(monkeypatch, tmp_path, capsys):
+    """A preempted run must not look finished to a scheduler (exit 0 would end a half-trained job)."""
+    from types import SimpleNamespace
+
+    from configs import demo_tiny
+    from launch import train as launch_train
+    from vlm3r_jax.train import distributed, vlm3r_task
+
+    calls = []
+    monkeypatch.setattr(vlm3r_task, "run", _preempted_run(calls))
+    monkeypatch.setattr(distributed, "initialize_from_env", lambda: None)
+    monkeypatch.setitem(launch_train._FLAGS, "config", SimpleNamespace(value=demo_tiny.get_config()))
+    monkeypatch.setitem(launch_train._FLAGS, "workdir", SimpleNamespace(value=str(tmp_path)))
+    with pytest.raises(SystemExit) as e:
+        launch_train.main(["launch.train"])
+    assert e.value.code == vlm3r_task.PREEMPTED_EXIT_CODE == 143 and calls == [str(tmp_path)]
+    assert "stopped by SIGTERM at step 3" in capsys.readouterr().out
+
+
+def test_demo_stops_after_a_sigterm_checkpoint(monkeypatch, tmp_path):
+    """No evaluation after SIGTERM: the grace period before SIGKILL is too short for it."""
+    from launch import demo
+    from launch import eval as eval_launcher
+    from vlm3r_jax.train import vlm3r_task
+
+    calls = []
+    monkeypatch.setattr(vlm3r_task, "run", _preempted_run(calls))
+    monkeypatch.setattr(eval_launcher, "run", lambda *a, **k: pytest.fail("evaluated after SIGTERM"))
+    rc = demo.main(["--workdir", str(tmp_path), "--scenes", "8", "--steps", "2", "--time-budget", "0"])
+    assert rc == 143 and calls == [str(tmp_path / "train")]
+
+
+def test_a_preempted_run_is_not_exported(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from configs import demo_tiny
+    from vlm3r_jax.convert import vlm3r_ours
+    from vlm3r_jax.train import loop, vlm3r_task
+
+    class _Iter:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(vlm3r_task, "build_model", lambda cfg: (None, None, None))
+    monkeypatch.setattr(vlm3r_task, "train_iterator", lambda cfg, vcfg, tok: _Iter())
+    monkeypatch.setattr(vlm3r_task, "flops_per_token", lambda vcfg: 1.0)
+    monkeypatch.setattr(loop, "train", lambda *a, **k: SimpleNamespace(preempted=True, last_step=2))
+    monkeypatch.setattr(vlm3r_ours, "save_ours", lambda *a, **k: pytest.fail("exported after SIGTERM"))
+    result, out = vlm3r_task.run(demo_tiny.get_config(), str(tmp_path))
+    assert result.preempted and out is None

@@ -111,8 +111,17 @@ def flops_per_token(vcfg: VLM3RConfig) -> float:
     return 6.0 * (c.num_layers * per_layer + c.hidden_size * c.vocab_size)
 
 
+# What a shell reports for a process killed by SIGTERM. A run stopped by SIGTERM (preemption) exits with it
+# after its checkpoint, so schedulers and restart loops that re-run failed jobs re-run this one (exit 0
+# would mark a half-trained job as done).
+PREEMPTED_EXIT_CODE = 143
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, eval_hook: Any = None):
-    """Trains and exports ``workdir/model`` (our format, loadable with ``api.load_vlm3r``)."""
+    """Trains and exports ``workdir/model`` (our format, loadable with ``api.load_vlm3r``).
+
+    Returns ``(result, model_dir)``. After a SIGTERM (``result.preempted``) ``model_dir`` is None:
+    the checkpoint holds the run, and a preemption grace period is too short to export a large model."""
     from vlm3r_jax.convert.vlm3r_ours import save_ours
     from vlm3r_jax.train.loop import train
 
@@ -123,6 +132,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
                        peak_flops=cfg.train.get("peak_flops", None), eval_hook=eval_hook, progress=progress)
     finally:
         it.close()
+    if result.preempted:
+        return result, None
     trained = nnx.merge(result.graphdef, result.state.params, result.frozen)
     trained.eval()
     out = os.path.join(workdir, "model")
