@@ -4,6 +4,7 @@ the valid ones, a missing config file and user errors print one line and exit 2.
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -46,8 +47,6 @@ def test_demo_checks_its_arguments_before_any_work(tmp_path):
 
 
 def _preempted_run(calls):
-    from types import SimpleNamespace
-
     def run(cfg, workdir, **_):
         calls.append(workdir)
         return SimpleNamespace(preempted=True, last_step=3, history=[]), None
@@ -57,8 +56,6 @@ def _preempted_run(calls):
 
 def test_train_exits_143_after_a_sigterm_checkpoint(monkeypatch, tmp_path, capsys):
     """A preempted run must not look finished to a scheduler (exit 0 would end a half-trained job)."""
-    from types import SimpleNamespace
-
     from configs import demo_tiny
     from launch import train as launch_train
     from vlm3r_jax.train import distributed, vlm3r_task
@@ -88,8 +85,6 @@ def test_demo_stops_after_a_sigterm_checkpoint(monkeypatch, tmp_path):
 
 
 def test_a_preempted_run_is_not_exported(monkeypatch, tmp_path):
-    from types import SimpleNamespace
-
     from configs import demo_tiny
     from vlm3r_jax.convert import vlm3r_ours
     from vlm3r_jax.train import loop, vlm3r_task
