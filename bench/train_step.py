@@ -121,13 +121,14 @@ def make_data(root: str, scenes: int) -> tuple[str, str]:
 
 def cpu_benchmark(args) -> dict:
     from vlm3r_jax.models.host_init import host_init
-    from vlm3r_jax.models.vlm3r import VLM3R, vlm3r_loss
+    from vlm3r_jax.models.vlm3r import VLM3R
     from vlm3r_jax.train import vlm3r_task
     from vlm3r_jax.train.loop import _to_micro
     from vlm3r_jax.train.optimizer import make_optimizer
     from vlm3r_jax.train.state import TrainState
     from vlm3r_jax.train.step import make_train_step
     from vlm3r_jax.train.trainable import split_trainable
+    from vlm3r_jax.train.vlm3r_task import vlm3r_loss
 
     shape = MODEL_TINY if args.tiny else MODEL_100M
     peak = matmul_peak(512 if args.tiny else args.matmul_size)
@@ -205,12 +206,13 @@ def gpu7b_benchmark(args) -> dict:
     """7B-shaped VLM-3R, bf16, paper's LoRA trainable set, synthetic batch (no data pipeline)."""
     from configs import vlm3r_7b
     from vlm3r_jax.models.lora import LoRAConfig
-    from vlm3r_jax.models.vlm3r import DEFAULT_TRAINABLE, LLM_LORA_TARGETS, VLM3R, vlm3r_loss
+    from vlm3r_jax.models.vlm3r import DEFAULT_TRAINABLE, LLM_LORA_TARGETS, VLM3R
     from vlm3r_jax.train import vlm3r_task
     from vlm3r_jax.train.optimizer import make_optimizer
     from vlm3r_jax.train.state import TrainState
     from vlm3r_jax.train.step import make_train_step
     from vlm3r_jax.train.trainable import split_trainable
+    from vlm3r_jax.train.vlm3r_task import vlm3r_loss
 
     class _Tok:  # vlm3r_config only needs the vocabulary size and the stop ids
         im_end_id, eos_id = 151645, 151643

@@ -186,7 +186,7 @@ def bench_ours(s: dict, repeats: int) -> dict:
 
     def gen_from_embeds(emb):
         cache = model.llm.init_cache(1, emb.shape[1] + nt)
-        return generate(handle._step_fn, handle._embed_fn, handle.params, cache, emb,
+        return generate(handle.engine.step_fn, handle.engine.embed_fn, handle.params, cache, emb,
                         jnp.ones(emb.shape[:2], jnp.int32), jax.random.key(0), stop, pad, config=scfg).tokens
 
     r: dict = {"params": n_params, "build_s": build_s, "backend": jax.default_backend(), "compile_s": {}, "s": {}}

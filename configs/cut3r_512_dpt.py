@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.common import dtype_config, mesh_config
+from vlm3r_jax.models.cut3r.config import Cut3rConfig
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -66,7 +67,6 @@ def get_config() -> ml_collections.ConfigDict:
 
 def cut3r_config(c: ml_collections.ConfigDict):
     """The :class:`Cut3rConfig` described by ``c.model`` (and ``c.dtype.compute_dtype``)."""
-    from vlm3r_jax.models.cut3r.config import Cut3rConfig
 
     kw = dict(c.model)
     kw["dpt_layer_dims"] = tuple(kw["dpt_layer_dims"])

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from vlm3r_jax.models.interpolate import interpolate_bilinear
+
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -218,10 +220,6 @@ def siglip_preprocess(
     return normalize_uint8(frames, mean, std)
 
 
-def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """[N, H, W, C] -> [N, h, w, C], half-pixel bilinear without antialiasing, i.e. PyTorch
-    ``F.interpolate(mode="bilinear", align_corners=False)`` (VLM-3R's 384 -> 432 CUT3R view).
-    Uses the torch-exact taps of :mod:`vlm3r_jax.models.interpolate`."""
-    from vlm3r_jax.models.interpolate import interpolate_bilinear
-
-    return interpolate_bilinear(x, size)
+# VLM-3R's 384 -> 432 CUT3R view: torch ``F.interpolate(mode="bilinear", align_corners=False)``,
+# half-pixel taps without antialiasing, exact to torch (see vlm3r_jax.models.interpolate).
+resize_bilinear = interpolate_bilinear

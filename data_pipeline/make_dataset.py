@@ -1,7 +1,8 @@
 """Generate the procedural-scene dataset: scenes, videos, metadata, QA, eval files, stats.
+The command is ``launch.make_dataset`` (it also writes the blind baselines):
 
-    python -m data_pipeline.make_dataset --config configs/data_synthetic.py --out DIR
-    python -m data_pipeline.make_dataset --config configs/data_synthetic.py:tiny --out DIR
+    python -m launch.make_dataset --config configs/data_synthetic.py --out DIR
+    python -m launch.make_dataset --config configs/data_synthetic.py:tiny --out DIR
 
 Layout of DIR (video root for every file below; paths inside are relative to DIR):
   <dataset>/<scene>.mp4                        videos (VSI-Bench layout)
@@ -10,7 +11,8 @@ Layout of DIR (video root for every file below; paths inside are relative to DIR
   qa/raw_<split>.json                          raw QA items (official fields)
   train_llava.json                             LLaVA-style training records (train split)
   vsibench_test.jsonl, vstibench_test.jsonl    benchmark-layout eval records (eval split)
-  baselines/<bench>_<chance|prior>.jsonl       blind-baseline predictions on the eval files
+  baselines/<bench>_<chance|prior|text_prior>.jsonl  blind-baseline predictions on the eval files
+                                               (when ``make_dataset`` is given ``baselines``)
   stats.json, contact_sheet.png
 """
 
@@ -21,18 +23,16 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
 from data_pipeline import engine
-from data_pipeline.engine import baselines
+from data_pipeline.engine.geometry import Box
 from data_pipeline.scenes.writer import SceneSpec, generate_scene
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/data_synthetic.py", "Dataset config (get_config).")
-_OUT = flags.DEFINE_string("out", None, "Output directory (created).")
-_QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
+# (train items, {"vsibench": records, "vstibench": records}, seed) -> {bench: {kind: {"samples", "scores"}}}
+BaselinesFn = Callable[[list[dict], dict[str, list[dict]], int], dict]
 
 
 def _room_kwargs(cfg) -> dict:
@@ -120,7 +120,6 @@ def contact_sheet(path: str, scenes: list[dict]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Polygon
 
-    from data_pipeline.engine.geometry import Box
 
     if not scenes:
         return
@@ -156,8 +155,10 @@ def contact_sheet(path: str, scenes: list[dict]) -> None:
     plt.close(fig)
 
 
-def make_dataset(cfg, out_dir: str, progress: bool = True) -> dict:
-    """Everything the CLI does; returns the stats dict."""
+def make_dataset(cfg, out_dir: str, progress: bool = True, baselines: BaselinesFn | None = None) -> dict:
+    """Writes the dataset (layout in the module docstring); returns the stats dict. ``baselines``
+    (e.g. :func:`vlm3r_jax.eval.baselines.dataset_baselines`) adds the blind-baseline predictions
+    and their scores; evaluation code is not imported here, so the data engine stays below it."""
     from tqdm import tqdm
 
     if int(cfg.num_scenes) < 2 or not 0 < float(cfg.eval_fraction) < 1:
@@ -212,9 +213,7 @@ def make_dataset(cfg, out_dir: str, progress: bool = True) -> dict:
     _dump_jsonl(os.path.join(out_dir, "vstibench_test.jsonl"), vsti)
     t_qa = time.perf_counter() - t1
 
-    # blind baselines (scored when the project scorer is importable)
-    bl = baselines.run_baselines(raw["train"], {"vsibench": vsi, "vstibench": vsti}, seed=int(cfg.seed),
-                                 score_fns=baselines.default_score_fns())
+    bl = baselines(raw["train"], {"vsibench": vsi, "vstibench": vsti}, int(cfg.seed)) if baselines else {}
     bl_scores = {}
     for bench, kinds in bl.items():
         for kind, res in kinds.items():
@@ -243,21 +242,3 @@ def make_dataset(cfg, out_dir: str, progress: bool = True) -> dict:
     }
     _dump(os.path.join(out_dir, "stats.json"), stats, indent=1)
     return stats
-
-
-def main(argv):
-    del argv
-    if not _OUT.value:
-        raise app.UsageError("--out DIR is required")
-    stats = make_dataset(_CONFIG.value, _OUT.value, progress=not _QUIET.value)
-    n = {k: sum(v.values()) for k, v in stats["qa_per_task"].items()}
-    print(f"wrote {stats['scenes']['total']} scenes to {_OUT.value}: {n['train']} train QA, "
-          f"{sum(stats['eval_records']['vsibench'].values())} VSI + {sum(stats['eval_records']['vstibench'].values())} "
-          f"VSTI eval records; render {stats['timing_s']['render_and_write_wall']} s, "
-          f"QA {stats['timing_s']['qa_and_formats_wall']} s")
-
-
-if __name__ == "__main__":
-    from launch import cli
-
-    cli.run(main)

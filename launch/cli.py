@@ -7,6 +7,10 @@ of a command.
 - A ``--config`` file that does not exist is a usage error, not a traceback from deep in the run.
 - A user error inside ``main`` (a missing file, a bad value, a bad checkpoint: ``OSError`` or
   ``ValueError``) prints one ``error:`` line and exits 2; ``VLM3R_TRACEBACK=1`` shows the traceback.
+
+Launchers import the library inside ``main`` (the one place in the project that does): ``--help``
+and flag errors then answer without importing JAX, and a launcher that runs another one
+(``launch.demo`` -> ``launch.eval``) does not define that one's absl flags until it needs them.
 """
 
 from __future__ import annotations

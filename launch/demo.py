@@ -59,6 +59,7 @@ def apply_overrides(cfg, pairs: list[str], what: str) -> None:
 def make_data(out: str, scenes: int, seed: int, overrides: list[str] | None = None) -> str:
     from configs import data_synthetic
     from data_pipeline.make_dataset import make_dataset
+    from vlm3r_jax.eval.baselines import dataset_baselines
 
     if os.path.exists(os.path.join(out, "stats.json")):
         print(f"dataset exists: {out}")
@@ -67,7 +68,7 @@ def make_data(out: str, scenes: int, seed: int, overrides: list[str] | None = No
     cfg.num_scenes = scenes
     cfg.seed = seed
     apply_overrides(cfg, overrides or [], "--data-set")
-    make_dataset(cfg, out)
+    make_dataset(cfg, out, baselines=dataset_baselines)
     return out
 
 

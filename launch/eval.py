@@ -15,8 +15,8 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from vlm3r_jax.eval import baselines, report, runner
 from vlm3r_jax.eval import records as records_lib
-from vlm3r_jax.eval import report, runner
 
 _FLAGS: dict = {}
 
@@ -86,10 +86,10 @@ def make_predictor(cfg: Any, recs: list[dict]) -> tuple[runner.PredictFn, str]:
     """(predict_fn, check_videos mode) for the configured predictor."""
     kind = cfg.predictor or ("model" if cfg.checkpoint else "chance")
     if kind == "chance":
-        return runner.chance_predictor(cfg.seed, cfg.benchmark), cfg.check_videos
+        return baselines.chance_predictor(cfg.seed, cfg.benchmark), cfg.check_videos
     if kind == "prior":
         fit = records_lib.load_records(cfg.data_root, cfg.benchmark, cfg.prior_records) if cfg.prior_records else recs
-        return runner.prior_predictor(fit, cfg.benchmark), cfg.check_videos
+        return baselines.prior_predictor(fit, cfg.benchmark), cfg.check_videos
     if kind == "model":
         if not cfg.checkpoint:
             raise ValueError("predictor 'model' needs --config.checkpoint")

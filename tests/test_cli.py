@@ -18,7 +18,7 @@ def _run(*args, timeout=120):
                           timeout=timeout)
 
 
-@pytest.mark.parametrize("module", ["launch.train", "launch.eval", "data_pipeline.make_dataset"])
+@pytest.mark.parametrize("module", ["launch.train", "launch.eval", "launch.make_dataset"])
 def test_help_exits_zero(module):
     r = _run(module, "--help")
     assert r.returncode == 0 and "--config" in r.stdout, r.stderr[-2000:]
@@ -31,7 +31,7 @@ def test_unknown_config_key_lists_the_valid_ones():
 
 
 def test_missing_config_file_and_user_errors():
-    r = _run("data_pipeline.make_dataset", "--config=configs/nope.py", "--out=/tmp/unused")
+    r = _run("launch.make_dataset", "--config=configs/nope.py", "--out=/tmp/unused")
     assert r.returncode == 2 and "configs/nope.py' does not exist" in r.stderr and "Traceback" not in r.stderr
     r = _run("launch.eval", "--config=configs/eval_vsibench.py", "--workdir=/tmp/unused",
              "--config.data_root=/nonexistent/bench")

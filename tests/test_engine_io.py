@@ -8,8 +8,8 @@ import pytest
 from _engine_helpers import frames, scene
 
 from data_pipeline import engine
-from data_pipeline.engine import baselines
 from data_pipeline.scenes.camera import make_pose
+from vlm3r_jax.eval import baselines
 
 OBJS = [("bed", [1.0, 1.0, 0.3], [2.0, 1.6, 0.6]), ("tv", [4.0, 1.0, 1.2], [1.2, 0.1, 0.7]),
         ("sofa", [1.5, 4.0, 0.4], [2.0, 0.9, 0.8]), ("lamp", [4.5, 4.5, 0.8], [0.4, 0.4, 1.6]),

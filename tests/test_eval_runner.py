@@ -12,8 +12,8 @@ import zlib
 import numpy as np
 import pytest
 
+from vlm3r_jax.eval import baselines, report, runner, tasks, vsibench
 from vlm3r_jax.eval import records as records_lib
-from vlm3r_jax.eval import report, runner, tasks, vsibench
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 LETTERS = ["A", "B", "C", "D"]
@@ -207,7 +207,7 @@ def test_unreadable_video_is_a_failure_with_open_check(tmp_path):
         f.write(b"not a video at all")
     recs = records_lib.load_records(data, "vsibench")
     res = runner.run_eval(
-        recs, runner.chance_predictor(0), str(tmp_path / "w"), check_videos="open", progress=False, print_table=False
+        recs, baselines.chance_predictor(0), str(tmp_path / "w"), check_videos="open", progress=False, print_table=False
     )
     bad = [r["id"] for r in recs if r["scene_name"] == "scene0000_00"]
     assert {f["id"] for f in res["footer"]["failed"]} == set(bad)
@@ -219,10 +219,10 @@ def test_chance_is_deterministic_and_batch_invariant(tmp_path):
     make_bench(data, per_type=20, extras=False, videos=False)
     recs = records_lib.load_records(data, "vsibench")
     a = runner.run_eval(
-        recs, runner.chance_predictor(3), str(tmp_path / "a"), 1, check_videos="none", progress=False, print_table=False
+        recs, baselines.chance_predictor(3), str(tmp_path / "a"), 1, check_videos="none", progress=False, print_table=False
     )
     b = runner.run_eval(
-        recs, runner.chance_predictor(3), str(tmp_path / "b"), 7, check_videos="none", progress=False, print_table=False
+        recs, baselines.chance_predictor(3), str(tmp_path / "b"), 7, check_videos="none", progress=False, print_table=False
     )
     assert a["scores"] == b["scores"]
     # 4 options: accuracy near 25% on MC tasks; NA cells and Avg are undefined for chance
@@ -240,7 +240,7 @@ def test_prior_predictor_and_baseline_rows(tmp_path):
         {"id": "4", "question_type": "room_size_estimation", "ground_truth": "10"},
         {"id": "5", "question_type": "room_size_estimation", "ground_truth": 20},
     ]
-    prior = runner.prior_predictor(recs, "vsibench")
+    prior = baselines.prior_predictor(recs, "vsibench")
     assert prior(recs) == ["B", "B", "B", "15", "15"]
     rows = {"ours": {"overall": 50.0, "route_planning": 40.0}, "chance": {"route_planning": 25.0}}
     table = report.markdown_table("vsibench", rows)

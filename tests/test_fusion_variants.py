@@ -8,7 +8,8 @@ from flax import nnx
 
 from vlm3r_jax.convert import DictSource
 from vlm3r_jax.convert.assign import flat_variables, load_state
-from vlm3r_jax.models.fusion import FUSION_BLOCKS, FusionConfig, build_fusion, export_fusion, reference_mapping
+from vlm3r_jax.convert.fusion_ckpt import export_fusion, reference_mapping
+from vlm3r_jax.models.fusion import FUSION_BLOCKS, FusionConfig, build_fusion
 
 VARIANTS = ["cross_attention", "cross_attention_with_mlp", "transformer", "mlp_after_clip_proj", "concat_mlp",
             "concat_self_attention"]

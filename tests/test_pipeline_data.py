@@ -332,7 +332,7 @@ def test_video_cache_same_batches_fewer_decodes(data, monkeypatch):
     """video_cache_size > 0: the same batches as without the cache (bad records still skipped),
     each video decoded once per process however many rows and epochs use it, and the LRU bound
     holds."""
-    import data_pipeline.pipeline as pipeline_mod
+    import data_pipeline.examples as pipeline_mod
 
     src = LlavaJsonSource(data["jsonl"], data["root"])
     base = dict(SMALL, num_epochs=3)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vlm3r_jax.convert.llava_projector import load_projector_into
 from vlm3r_jax.models.projector import (
     ProjectorConfig,
     VisionProjector,
     layout_video_tokens,
-    load_projector_into,
     pool_2d,
 )
 

@@ -48,7 +48,8 @@ def test_projector_pool_newline_match_golden(tiny):
     import torch
 
     from vlm3r_jax.convert import DictSource, SafetensorsDir
-    from vlm3r_jax.models.projector import ProjectorConfig, VisionProjector, load_projector_into
+    from vlm3r_jax.convert.llava_projector import load_projector_into
+    from vlm3r_jax.models.projector import ProjectorConfig, VisionProjector
 
     with open(os.path.join(tiny, "vlm3r_lora", "config.json")) as f:
         cfg = ProjectorConfig.from_llava_config(json.load(f))

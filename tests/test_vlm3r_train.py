@@ -24,11 +24,12 @@ from vlm3r_jax.models.lora import LoRAConfig, LoRAParam
 from vlm3r_jax.models.projector import ProjectorConfig
 from vlm3r_jax.models.qwen2 import Qwen2Config
 from vlm3r_jax.models.siglip import SiglipVisionConfig
-from vlm3r_jax.models.vlm3r import DEFAULT_TRAINABLE, LLM_LORA_TARGETS, VLM3R, VLM3RConfig, vlm3r_loss
+from vlm3r_jax.models.vlm3r import DEFAULT_TRAINABLE, LLM_LORA_TARGETS, VLM3R, VLM3RConfig
 from vlm3r_jax.train.optimizer import make_optimizer
 from vlm3r_jax.train.state import TrainState
 from vlm3r_jax.train.step import make_train_step
 from vlm3r_jax.train.trainable import split_trainable
+from vlm3r_jax.train.vlm3r_task import vlm3r_loss
 
 VOCAB, PH, FRAMES, SIZE = 48, -200, 2, 32
 

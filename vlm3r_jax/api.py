@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlm3r_jax.infer.cut3r_geometry import Cut3rGeometry
+from vlm3r_jax.infer.qwen2_lm import Qwen2LM
+from vlm3r_jax.infer.siglip_vision import SiglipVision
+from vlm3r_jax.infer.vlm3r_model import VLM3RModel
+
 
 def load_qwen2(hf_dir: str, dtype: str = "float32") -> Any:
     """Loads a Hugging Face Qwen2 directory (config.json + safetensors [+ index]).
@@ -16,7 +21,6 @@ def load_qwen2(hf_dir: str, dtype: str = "float32") -> Any:
     Returns a :class:`vlm3r_jax.infer.qwen2_lm.Qwen2LM` with ``.logits(input_ids)`` and
     ``.generate(input_ids, max_new_tokens=n)``.
     """
-    from vlm3r_jax.infer.qwen2_lm import Qwen2LM
 
     return Qwen2LM.from_pretrained(hf_dir, dtype=dtype)
 
@@ -27,7 +31,6 @@ def load_siglip_vision(hf_dir: str, dtype: str = "float32") -> Any:
     Returns a :class:`vlm3r_jax.infer.siglip_vision.SiglipVision` with ``.hidden_states(pixels)``
     and ``.features(pixels)``.
     """
-    from vlm3r_jax.infer.siglip_vision import SiglipVision
 
     return SiglipVision.from_pretrained(hf_dir, dtype=dtype)
 
@@ -38,7 +41,6 @@ def load_cut3r(path: str, dtype: str = "float32") -> Any:
     Returns a :class:`vlm3r_jax.infer.cut3r_geometry.Cut3rGeometry` with ``.stream(frames)``
     and ``.tokens(frames)``.
     """
-    from vlm3r_jax.infer.cut3r_geometry import Cut3rGeometry
 
     return Cut3rGeometry.from_pretrained(path, dtype=dtype)
 
@@ -51,6 +53,5 @@ def load_vlm3r(path: str, base: str | None = None, geometry: str | None = None, 
     Returns a :class:`vlm3r_jax.infer.vlm3r_model.VLM3RModel` with ``.answer``, ``.logits``,
     ``.chat`` and ``.stream``.
     """
-    from vlm3r_jax.infer.vlm3r_model import VLM3RModel
 
     return VLM3RModel.from_pretrained(path, base=base, geometry=geometry, **kwargs)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlm3r_jax import sharding
 from vlm3r_jax.convert.assign import Src, flat_arrays, load_state, transpose
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
@@ -205,7 +206,6 @@ def load_qwen2(
     graphdef, abstract = abstract_state(cfg)
     shardings = None
     if mesh is not None:
-        from vlm3r_jax import sharding
 
         shardings = sharding.state_shardings(abstract, mesh, rules or sharding.DEFAULT_RULES)
     state = load_qwen2_state(

@@ -16,6 +16,14 @@ from flax import nnx
 from vlm3r_jax.convert.assign import Src, flat_arrays, flat_variables, load_state
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
+from vlm3r_jax.models.cut3r.config import Cut3rConfig
+from vlm3r_jax.models.fusion import FusionConfig
+from vlm3r_jax.models.host_init import fill_abstract_rng
+from vlm3r_jax.models.lora import LoRAConfig
+from vlm3r_jax.models.projector import ProjectorConfig
+from vlm3r_jax.models.qwen2 import Qwen2Config
+from vlm3r_jax.models.siglip import SiglipVisionConfig
+from vlm3r_jax.models.vlm3r import VLM3RConfig, abstract_vlm3r
 
 CONFIG = "vlm3r_config.json"
 WEIGHTS = "model.safetensors"
@@ -48,13 +56,6 @@ def config_to_dict(cfg) -> dict:
 
 
 def config_from_dict(d: dict):
-    from vlm3r_jax.models.cut3r.config import Cut3rConfig
-    from vlm3r_jax.models.fusion import FusionConfig
-    from vlm3r_jax.models.lora import LoRAConfig
-    from vlm3r_jax.models.projector import ProjectorConfig
-    from vlm3r_jax.models.qwen2 import Qwen2Config
-    from vlm3r_jax.models.siglip import SiglipVisionConfig
-    from vlm3r_jax.models.vlm3r import VLM3RConfig
 
     d = dict(d)
     d.pop("format_version", None)
@@ -100,7 +101,6 @@ def read_num_frames(path: str) -> int | None:
 
 def load_ours(path: str, dtype: str | None = None, shardings: Any = None):
     """-> (config, model) from a directory written by :func:`save_ours`."""
-    from vlm3r_jax.models.vlm3r import abstract_vlm3r
 
     cfg_path = os.path.join(path, CONFIG)
     if not os.path.exists(cfg_path):
@@ -114,6 +114,5 @@ def load_ours(path: str, dtype: str | None = None, shardings: Any = None):
     mapping = {k: Src(k) for k, v in flat_variables(state).items() if isinstance(v, nnx.Param)}
     state = load_state(state, SafetensorsDir(os.path.join(path, WEIGHTS)), mapping, shardings=shardings,
                        what="vlm3r_jax checkpoint")
-    from vlm3r_jax.models.host_init import fill_abstract_rng
 
     return cfg, nnx.merge(graphdef, fill_abstract_rng(state))

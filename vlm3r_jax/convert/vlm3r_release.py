@@ -18,10 +18,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from data_pipeline.tokenizer import QwenTokenizer
+from vlm3r_jax.convert import cut3r_ckpt
 from vlm3r_jax.convert.assign import Src, load_state, transpose
 from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.fusion_ckpt import reference_mapping
+from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE, hf_name_map, load_mapping
+from vlm3r_jax.convert.hf_siglip import load_siglip_state
+from vlm3r_jax.convert.llava_projector import projector_mapping
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir
 from vlm3r_jax.convert.sources import DictSource, OverlaySource, TensorSource
+from vlm3r_jax.convert.torch_pickle import TorchPickleSource
+from vlm3r_jax.models.fusion import FusionConfig, reference_heads
+from vlm3r_jax.models.host_init import fill_abstract_rng
+from vlm3r_jax.models.lora import LoRAConfig
+from vlm3r_jax.models.projector import ProjectorConfig
+from vlm3r_jax.models.qwen2 import Qwen2Config
+from vlm3r_jax.models.siglip import SiglipVisionConfig
+from vlm3r_jax.models.vlm3r import LLM_LORA_TARGETS, VLM3RConfig, abstract_vlm3r
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +64,6 @@ def fusion_mapping(prefix: str = "model.fusion_block.", ours: str = "", state: A
     ``state`` the CrossAttentionFusion names; with the (abstract) state of any fusion variant, the
     map derived from its parameter paths (:func:`vlm3r_jax.models.fusion.reference_mapping`)."""
     if state is not None:
-        from vlm3r_jax.models.fusion import reference_mapping
 
         return reference_mapping(state, prefix, ours)
     m: dict[str, Src] = {}
@@ -88,7 +101,6 @@ def _read_json(path: str) -> dict:
 
 
 def _open_torch_or_safetensors(path: str) -> TensorSource:
-    from vlm3r_jax.convert.torch_pickle import TorchPickleSource
 
     if path.endswith(".safetensors"):
         return SafetensorsDir(path)
@@ -163,14 +175,6 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
                          attention_impl: str = "auto") -> tuple[Any, dict]:
     """VLM3RConfig for a released checkpoint; returns (config, info) where info holds the
     sources and facts the loader needs."""
-    from data_pipeline.tokenizer import QwenTokenizer
-    from vlm3r_jax.convert import cut3r_ckpt
-    from vlm3r_jax.models.fusion import FusionConfig, reference_heads
-    from vlm3r_jax.models.lora import LoRAConfig
-    from vlm3r_jax.models.projector import ProjectorConfig
-    from vlm3r_jax.models.qwen2 import Qwen2Config
-    from vlm3r_jax.models.siglip import SiglipVisionConfig
-    from vlm3r_jax.models.vlm3r import LLM_LORA_TARGETS, VLM3RConfig
 
     if not os.path.isdir(base_dir):
         raise FileNotFoundError(f"base model directory does not exist: {base_dir}")
@@ -246,7 +250,6 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
 def _llm_mapping(cfg, lora_src: TensorSource | None, scale: float, keep_lora: bool) -> dict[str, Src]:
     """hf_qwen2's mapping (vocab cut to ``len(tokenizer)``) with the PEFT adapters layered on:
     merged into the kernels (``merge_and_unload``) or mapped onto attached LoRA modules."""
-    from vlm3r_jax.convert.hf_qwen2 import hf_name_map, load_mapping
 
     m = load_mapping(cfg, truncate_vocab=True)
     if lora_src is None:
@@ -310,11 +313,6 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
 
     Returns ``(config, model, info)``.
     """
-    from vlm3r_jax.convert import cut3r_ckpt
-    from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE
-    from vlm3r_jax.convert.hf_siglip import load_siglip_state
-    from vlm3r_jax.models.projector import projector_mapping
-    from vlm3r_jax.models.vlm3r import abstract_vlm3r
 
     cfg, info = build_release_config(lora_dir, base_dir, geometry, dtype=dtype, vision_config=vision_config,
                                      keep_lora=keep_lora, attention_impl=attention_impl)
@@ -374,7 +372,6 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
         stray = sorted(used - mapped)
         if stray:
             raise CheckpointError(f"{lora_src.where()}: LoRA tensors for modules the model lacks: {stray[:10]}")
-    from vlm3r_jax.models.host_init import fill_abstract_rng
 
     model = nnx.merge(graphdef, fill_abstract_rng(state))
     return cfg, model, info

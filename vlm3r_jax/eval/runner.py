@@ -18,196 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zlib
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from vlm3r_jax.eval import metrics, prompts, report, tasks, vsibench, vstibench
+from vlm3r_jax.eval import metrics, report, tasks
+from vlm3r_jax.eval.dataset import Pending, eval_dataset, eval_iterator  # noqa: F401 - eval_dataset: public here too
+from vlm3r_jax.eval.scorers import SCORERS
+from vlm3r_jax.eval.store import IDENTITY_FILE, Appender, NullAppender, read_samples, stale_reason
 
 log = logging.getLogger(__name__)
 
 PredictFn = Callable[[list[dict[str, Any]]], list[str]]
 SAMPLES_FILE, SCORES_FILE, TABLE_FILE, CHART_FILE = "samples.jsonl", "scores.json", "table.md", "chart.png"
-SCORERS = {"vsibench": vsibench, "vstibench": vstibench}
-VIDEO_CHECKS = ("none", "exists", "open")
-
-
-# --------------------------------------------------------------------------------------------
-# Baseline predictors (usable as predict_fn; also what tests run).
-# --------------------------------------------------------------------------------------------
-def _stable_int(text: str) -> int:
-    return zlib.crc32(text.encode("utf-8"))
-
-
-def chance_predictor(seed: int = 0, benchmark: str = "vsibench") -> PredictFn:
-    """Uniform random option letter for MC questions, seeded per (seed, record id) so the answer
-    does not depend on batching or resuming. NA questions get "" (chance is undefined there, the
-    table shows "–"; VSI-Bench's own chance row has no NA values either)."""
-
-    def predict(batch: list[dict[str, Any]]) -> list[str]:
-        out = []
-        for rec in batch:
-            letters = prompts.option_letters(rec)
-            if letters and tasks.is_multiple_choice(rec["question_type"], benchmark):
-                rng = np.random.default_rng([seed, _stable_int(str(rec["id"]))])
-                out.append(letters[int(rng.integers(len(letters)))])
-            else:
-                out.append("")
-        return out
-
-    predict.na_defined = False  # type: ignore[attr-defined]
-    predict.name = "chance"  # type: ignore[attr-defined]
-    return predict
-
-
-def prior_predictor(fit_records: Sequence[Mapping[str, Any]], benchmark: str = "vsibench") -> PredictFn:
-    """Blind prior: per question type, the most frequent answer letter (MC; ties -> first in
-    alphabetical order) or the mean ground truth (NA), fitted on ``fit_records`` (the test records
-    give VSI-Bench's "chance level (frequency)"; pass training records for a fair prior)."""
-    scorer = SCORERS[tasks.check_benchmark(benchmark)]
-    letters: dict[str, Counter] = {}
-    values: dict[str, list[float]] = {}
-    for i, rec in enumerate(fit_records):
-        if rec.get("_malformed") or rec.get("question_type") not in tasks.mc_types(benchmark) + tasks.na_types(
-            benchmark
-        ):
-            continue
-        answer = scorer.answer_of(rec, i)
-        if tasks.is_multiple_choice(rec["question_type"], benchmark):
-            letters.setdefault(rec["question_type"], Counter())[str(answer).strip().upper()] += 1
-        elif (v := metrics.to_float(answer)) is not None:
-            values.setdefault(rec["question_type"], []).append(v)
-    best = {qt: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for qt, c in letters.items()}
-    means = {qt: metrics.mean(v) for qt, v in values.items()}
-
-    def predict(batch: list[dict[str, Any]]) -> list[str]:
-        out = []
-        for rec in batch:
-            qt = rec["question_type"]
-            if qt in best:
-                out.append(best[qt])
-            elif qt in means:
-                out.append(f"{means[qt]:.4g}")
-            else:
-                out.append("")
-        return out
-
-    predict.name = "prior"  # type: ignore[attr-defined]
-    return predict
-
-
-# --------------------------------------------------------------------------------------------
-# Per-sample JSONL, and what produced it.
-# --------------------------------------------------------------------------------------------
-IDENTITY_FILE = "run_identity.json"
-
-
-def _stale_reason(workdir: str, identity: Mapping[str, Any], done: Mapping[str, dict]) -> str | None:
-    """Why the samples already in ``workdir`` cannot be resumed by this run (None: they can)."""
-    if not done:
-        return None
-    others = {d.get("predictor") for d in done.values()} - {identity["predictor"]}
-    if others:
-        return f"its samples came from predictor {sorted(map(str, others))}, not {identity['predictor']!r}"
-    path = os.path.join(workdir, IDENTITY_FILE)
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                before = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            return f"{path} is unreadable"
-        changed = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
-        if changed:
-            return f"the run that wrote its samples differs in {changed} (e.g. the checkpoint was trained further)"
-    return None
-
-
-def read_samples(path: str, repair: bool = True) -> dict[str, dict[str, Any]]:
-    """id -> latest line of a per-sample JSONL. A torn final line (crash mid-write) is dropped and,
-    with ``repair``, cut from the file so appends continue on a clean line."""
-    out: dict[str, dict[str, Any]] = {}
-    if not os.path.exists(path):
-        return out
-    with open(path, "rb") as f:
-        data = f.read()
-    good_end = 0
-    pos = 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break  # no newline: torn last line
-        line = data[pos:nl]
-        pos = nl + 1
-        if not line.strip():
-            good_end = pos
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path}: corrupt line at byte {pos - len(line) - 1} ({e.msg}); delete that line to resume"
-            ) from e
-        out[str(rec["id"])] = rec
-        good_end = pos
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return out
-
-
-class _Appender:
-    """Appends whole lines with one ``os.write`` each on an O_APPEND descriptor (+ fsync)."""
-
-    def __init__(self, path: str, fsync: bool = True):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.fsync = fsync
-
-    def write(self, obj: Mapping[str, Any]) -> None:
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-        written = os.write(self.fd, data)
-        if written != len(data):  # pragma: no cover - only on a full disk
-            raise OSError(f"short write to samples.jsonl ({written}/{len(data)} bytes)")
-        if self.fsync:
-            os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class _NullAppender:
-    """What non-writer processes of a multi-host run use."""
-
-    def write(self, obj: Mapping[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def check_video(path: str | None, mode: str = "exists") -> str | None:
-    """Why the video cannot be used (None when fine). ``mode``: "none" (skip), "exists" (a file is
-    there), "open" (PyAV opens it and decodes one frame)."""
-    if mode not in VIDEO_CHECKS:
-        raise ValueError(f"check_videos={mode!r}; expected one of {VIDEO_CHECKS}")
-    if mode == "none":
-        return None
-    if not path or not os.path.isfile(path):
-        return f"video missing: {path}"
-    if mode == "open":
-        try:
-            import av
-
-            with av.open(path) as container:
-                if not container.streams.video:
-                    return f"video unreadable: {path} has no video stream"
-                next(container.decode(video=0))
-        except Exception as e:  # any decoder error means the sample cannot be answered
-            return f"video unreadable: {path} ({type(e).__name__}: {e})"
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,106 +80,6 @@ def _check_zero_targets(records: Sequence[Mapping[str, Any]], benchmark: str) ->
             f"{len(bad)} numerical records have ground_truth 0 (ids {bad[:10]}): relative accuracy is undefined and "
             "the official scorer crashes on them. Fix the records or set zero_target='exact' (config.zero_target)."
         )
-
-
-class _Pending:
-    """Whether a record still needs an answer, given the lines already in samples.jsonl
-    (picklable: it runs as a Grain filter, possibly in worker processes)."""
-
-    def __init__(self, done: Mapping[str, Mapping[str, Any]], retry_failed: bool):
-        self.status = {rid: line.get("status") for rid, line in done.items()}
-        self.retry_failed = retry_failed
-
-    def __call__(self, rec: Mapping[str, Any]) -> bool:
-        rid = str(rec["id"])
-        if rid not in self.status:
-            return True
-        prev = self.status[rid]
-        if prev == "malformed" and not rec.get("_malformed"):
-            return True  # the record was fixed since: answer it now
-        return self.retry_failed and prev == "failed"
-
-
-class _PrepareItem:
-    """record -> ``{"record", "status" (ready|failed|malformed), "error"}``: the official prompt,
-    the video check and the predictor's own ``prepare`` (picklable; runs in Grain workers)."""
-
-    def __init__(
-        self,
-        benchmark: str,
-        check_videos: str,
-        prompt_kwargs: Mapping[str, str] | None,
-        prepare: Callable[[dict[str, Any]], dict[str, Any]] | None,
-    ):
-        self.benchmark, self.check_videos = benchmark, check_videos
-        self.prompt_kwargs = dict(prompt_kwargs or {})
-        self.prepare = prepare
-
-    def __call__(self, rec: Mapping[str, Any]) -> dict[str, Any]:
-        rec = dict(rec)
-        if rec.get("_malformed"):
-            return {"record": rec, "status": "malformed", "error": rec["_malformed"]}
-        why = check_video(rec.get("video_path"), self.check_videos)
-        if why:
-            return {"record": rec, "status": "failed", "error": why}
-        rec["prompt"] = prompts.build_question(rec, self.benchmark, **self.prompt_kwargs)
-        if self.prepare is not None:
-            try:
-                rec = self.prepare(rec)
-            except Exception as e:  # an undecodable video fails its sample only
-                return {"record": rec, "status": "failed", "error": f"prepare error: {type(e).__name__}: {e}"}
-        return {"record": rec, "status": "ready", "error": None}
-
-
-def eval_dataset(
-    records: Sequence[Mapping[str, Any]],
-    benchmark: str = "vsibench",
-    done: Mapping[str, Mapping[str, Any]] | None = None,
-    *,
-    retry_failed: bool = False,
-    check_videos: str = "exists",
-    prompt_kwargs: Mapping[str, str] | None = None,
-    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> Any:
-    """The eval stream as a ``grain.MapDataset`` over ``records`` (any random-access source, e.g.
-    :class:`vlm3r_jax.eval.records.BenchmarkRecords` or a list), in record order: ids finished in
-    ``done`` (the lines of samples.jsonl) are filtered out, then each item is
-    ``{"record", "status", "error"}`` (see :class:`_PrepareItem`).
-
-    The resume position is therefore the JSONL itself: restarting after a crash yields exactly
-    the records without a line, in the same order as the uninterrupted stream's tail. (Grain's
-    own iterator state, ``get_state``/``set_state``, also works on it, but is not needed.)"""
-    import grain
-
-    if check_videos not in VIDEO_CHECKS:
-        raise ValueError(f"check_videos={check_videos!r}; expected one of {VIDEO_CHECKS}")
-    ds = grain.MapDataset.source(records)
-    if done:
-        ds = ds.filter(_Pending(done, retry_failed))
-    return ds.map(_PrepareItem(benchmark, check_videos, prompt_kwargs, prepare))
-
-
-def eval_iterator(
-    records: Sequence[Mapping[str, Any]],
-    benchmark: str = "vsibench",
-    done: Mapping[str, Mapping[str, Any]] | None = None,
-    *,
-    worker_count: int = 0,
-    **kw: Any,
-) -> Any:
-    """Iterator over :func:`eval_dataset` (filtered items skipped), with ``worker_count`` Grain
-    worker processes when > 0 (order is kept)."""
-    import grain
-
-    it = eval_dataset(records, benchmark, done, **kw).to_iter_dataset(
-        grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
-    )
-    if worker_count > 0:
-        from data_pipeline.pipeline import _ensure_absl_flags
-
-        _ensure_absl_flags()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2))
-    return iter(it)
 
 
 def run_eval(
@@ -413,7 +135,7 @@ def run_eval(
     done = read_samples(samples_path, repair=writer)  # only the writer may cut a torn line
     # as it reads back from the file (tuples become lists), so equal runs compare equal
     identity = json.loads(json.dumps({**(identity or {}), "predictor": predictor_name}))
-    stale = _stale_reason(workdir, identity, done)
+    stale = stale_reason(workdir, identity, done)
     if stale:  # resuming would mix (or reuse) another predictor's answers
         done = {}
         if writer:
@@ -424,7 +146,7 @@ def run_eval(
     if writer:
         report.write_json(os.path.join(workdir, IDENTITY_FILE), identity)
 
-    pending = _Pending(done, retry_failed)
+    pending = Pending(done, retry_failed)
     todo = sum(1 for r in records if pending(r))
     items = eval_iterator(
         records,
@@ -436,7 +158,7 @@ def run_eval(
         prepare=getattr(predict_fn, "prepare", None),
         worker_count=worker_count,
     )
-    appender = _Appender(samples_path, fsync=fsync) if writer else _NullAppender()
+    appender = Appender(samples_path, fsync=fsync) if writer else NullAppender()
     from tqdm.auto import tqdm
 
     bar = tqdm(

@@ -32,8 +32,8 @@ from data_pipeline.chat_template import question_prompt, tokenize_prompt
 from data_pipeline.pipeline import PipelineConfig, PrepareExample, collate
 from data_pipeline.tokenizer import QwenTokenizer
 from vlm3r_jax import sharding
-from vlm3r_jax.infer.kv_cache import KVCache
 from vlm3r_jax.infer.sampling import SamplingConfig, generate, stop_ids_array
+from vlm3r_jax.models.kv_cache import KVCache
 from vlm3r_jax.train import distributed
 
 DEFAULT_LENGTH_BUCKETS = (128, 256, 512, 1024)
@@ -126,11 +126,11 @@ class ShardedVLM3RPredictor:
 
     def _generate_impl(self, params, input_ids, frames, attention_mask, stop_ids, pad_id, *, max_new_tokens):
         h = self.handle
-        embeds, emb_mask = h._prefill_impl(params, input_ids, frames, attention_mask)
+        embeds, emb_mask = h.engine.prefill(params, input_ids, frames, attention_mask)
         c = h.cfg.llm
         cache = KVCache.init(c.num_layers, embeds.shape[0], embeds.shape[1] + max_new_tokens, c.num_kv_heads,
                              c.head_dim, jnp.dtype(c.dtype))
-        out = generate(h._step_fn, h._embed_fn, params, cache, embeds, emb_mask, jax.random.key(0), stop_ids, pad_id,
+        out = generate(h.engine.step_fn, h.engine.embed_fn, params, cache, embeds, emb_mask, jax.random.key(0), stop_ids, pad_id,
                        config=SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0))
         return out.tokens
 

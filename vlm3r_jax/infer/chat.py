@@ -18,17 +18,14 @@ gives the same next-token distribution as the cached path.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline.tokenizer import IM_END, IM_START
+from vlm3r_jax.infer.engine import VLM3REngine
 from vlm3r_jax.infer.sampling import SamplingConfig, generate, stop_ids_array
-
-if TYPE_CHECKING:
-    from vlm3r_jax.infer.vlm3r_model import VLM3RModel
 
 DEFAULT_TURN_BUDGET = 1024  # cache slots after the prefix when max_context is not given
 TURN_BUCKET = 32
@@ -41,30 +38,30 @@ class ContextFullError(ValueError):
 class ChatSession:
     """A conversation about one video (or none). Create it with :meth:`VLM3RModel.chat`."""
 
-    def __init__(self, model: VLM3RModel, frames: np.ndarray | None, *, keep_history: bool = True,
+    def __init__(self, engine: VLM3REngine, frames: np.ndarray | None, *, keep_history: bool = True,
                  max_context: int | None = None):
         """frames: float [F, S, S, 3] SigLIP-normalised (see ``VLM3RModel.prepare_video``) or None."""
-        self.model = model
+        self.engine = engine
         self.keep_history = keep_history
-        tok = model.tokenizer
+        tok = engine.tokenizer
         # The prefix ends right after the placeholder (with a video) or after the system turn (text
         # only): both are token boundaries that the full-prompt tokenisation also has.
-        probe = model.prompt_ids("?", with_video=frames is not None).tolist()
+        probe = engine.prompt_ids("?", with_video=frames is not None).tolist()
         if frames is not None:
-            cut = probe.index(model.video_token_id) + 1
+            cut = probe.index(engine.video_token_id) + 1
         else:
-            cut = len(tok.encode(f"{IM_START}system\n{model.template.system}{IM_END}\n"))
+            cut = len(tok.encode(f"{IM_START}system\n{engine.template.system}{IM_END}\n"))
         self._prefix_ids = probe[:cut]
         self._first_turn = frames is None  # text-only: the first question opens the user turn itself
-        n_video = model.cfg.num_video_tokens(frames.shape[0]) if frames is not None else 0
+        n_video = engine.cfg.num_video_tokens(frames.shape[0]) if frames is not None else 0
         prefix_len = len(self._prefix_ids) - (1 if frames is not None else 0) + n_video
-        limit = model.cfg.model_max_length
+        limit = engine.cfg.model_max_length
         self.max_context = min(limit, max_context or prefix_len + DEFAULT_TURN_BUDGET)
         if prefix_len >= self.max_context:
             raise ContextFullError(
                 f"the video alone takes {prefix_len} tokens but the chat holds {self.max_context} "
                 f"(model_max_length {limit}); use fewer frames or a larger max_context")
-        self._prefix_cache = model._chat_prefix(self._prefix_ids, frames, self.max_context)
+        self._prefix_cache = engine.prefill_cache(self._prefix_ids, frames, self.max_context)
         self._prefix_len = prefix_len
         self.reset()
 
@@ -86,7 +83,7 @@ class ChatSession:
         return self._used + len(self._pending)
 
     def _turn_ids(self, question: str, first: bool) -> list[int]:
-        tok = self.model.tokenizer
+        tok = self.engine.tokenizer
         if first and not self._first_turn:
             # with a video the first user turn is already open: "<image>" then "\n{question}"
             return tok.encode(f"\n{question}{IM_END}\n{IM_START}assistant\n")
@@ -112,14 +109,14 @@ class ChatSession:
                 f"{self.max_context} "
                 f"({self._used} already used by the video and earlier turns); call reset(), ask with "
                 "keep_history=False, lower max_new_tokens or open the chat with a larger max_context")
-        m = self.model
+        m = self.engine
         scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                               repetition_penalty=repetition_penalty)
         stop, pad = stop_ids_array(m.cfg.llm.eos_token_ids)
         ids = np.full((1, width), m.tokenizer.pad_id, np.int32)
         ids[0, :len(turn)] = turn
         mask = (np.arange(width) < len(turn)).astype(np.int32)[None]
-        out = _ask(m._step_fn, m._embed_fn, m.params, self._cache, jnp.asarray(ids), jnp.asarray(mask),
+        out = _ask(m.step_fn, m.embed_fn, m.params, self._cache, jnp.asarray(ids), jnp.asarray(mask),
                    jax.random.key(seed), stop, pad, scfg)
         n = int(out.num_tokens[0])
         gen = [int(t) for t in np.asarray(out.tokens[0, :n])]

@@ -12,6 +12,7 @@ Streaming (one frame at a time, constant cost per frame):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from vlm3r_jax.convert.cut3r_ckpt import load_cut3r
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 from vlm3r_jax.models.cut3r.model import Carry, Cut3r, forward_fn, init_fn, step_fn
 from vlm3r_jax.models.cut3r.rope2d import patch_positions, state_positions
+from vlm3r_jax.models.interpolate import interpolate_bilinear
 from vlm3r_jax.sharding import DEFAULT_RULES, shard_state, use_mesh
 
 # VLM-3R resizes the SigLIP-normalised 384x384 frames to this (hard-coded in the reference).
@@ -57,12 +59,6 @@ class Cut3rGeometry:
         self.rules = rules
         if mesh is not None:
             self.state = shard_state(self.state, mesh, rules)
-        self._fwd = {h: jax.jit(forward_fn(self.graphdef, with_heads=h)) for h in (True, False)}
-        self._step = {h: jax.jit(step_fn(self.graphdef, with_heads=h)) for h in (True, False)}
-        self._init = jax.jit(init_fn(self.graphdef), static_argnums=1)
-        graphdef = self.graphdef
-        # only the last decoder layer leaves the device (the scan's other outputs are dead code)
-        self._tokens = jax.jit(lambda state, images: nnx.merge(graphdef, state).tokens(images))
 
     @classmethod
     def from_pretrained(
@@ -92,7 +88,7 @@ class Cut3rGeometry:
     def stream_batch(self, frames: Any, with_heads: bool = True) -> dict[str, jax.Array]:
         """frames: [B, T, H, W, 3] in [-1, 1] -> dict of [B, T, ...] (jax arrays)."""
         x = _check_frames(frames, self.cfg.patch_size, batched=True)
-        return self._run(self._fwd[with_heads], self.state, x)
+        return self._run(functools.partial(_rollout, self.graphdef, with_heads=with_heads), self.state, x)
 
     def stream(self, frames: Any, with_heads: bool = True) -> dict[str, np.ndarray]:
         """frames: float [T, H, W, 3] in [-1, 1] (one video, one recurrent sequence) -> dict of
@@ -119,22 +115,20 @@ class Cut3rGeometry:
         """frames: float [T, H, W, 3] in [-1, 1] -> [T, 1 + N, Dd]: camera token, then the patch
         tokens of the last (normed) decoder layer - the key/value input of VLM-3R's fusion."""
         x = _check_frames(frames, self.cfg.patch_size)
-        return np.asarray(self._run(self._tokens, self.state, x[None])[0])
+        return np.asarray(self._run(functools.partial(_tokens, self.graphdef), self.state, x[None])[0])
 
     def tokens_from_siglip_pixels(self, pixels: Any, size: tuple[int, int] = VLM3R_CUT3R_SIZE) -> np.ndarray:
         """VLM-3R's call: SigLIP-normalised frames [T, 384, 384, 3] -> bilinear (half-pixel, no
         antialias) resize to 432x432 -> :meth:`tokens` [T, 730, Dd]."""
-        from data_pipeline.image_preprocess import resize_bilinear
-
         x = jnp.asarray(pixels, jnp.float32)
         if tuple(x.shape[1:3]) != tuple(size):
-            x = resize_bilinear(x, size)
+            x = interpolate_bilinear(x, size)
         return self.tokens(x)
 
     # --- streaming ----------------------------------------------------------------------------
     def init_stream(self, batch: int = 1) -> Carry:
         """Frame-0 carry (initial state tokens and pose memory) for :meth:`step`."""
-        return self._run(self._init, self.state, batch)
+        return self._run(functools.partial(_init, self.graphdef, batch=batch), self.state)
 
     def step(self, carry: Carry, frame: Any, with_heads: bool = True) -> tuple[Carry, dict[str, jax.Array]]:
         """Advances the recurrence by one frame. frame: [H, W, 3] or [B, H, W, 3] float in [-1, 1]
@@ -143,4 +137,28 @@ class Cut3rGeometry:
         if x.ndim == 3:
             x = x[None]
         _check_frames(x, self.cfg.patch_size)
-        return self._run(self._step[with_heads], self.state, carry, x)
+        return self._run(functools.partial(_step, self.graphdef, with_heads=with_heads), self.state, carry, x)
+
+
+# Module-level jitted functions with ``graphdef`` static: one compilation per architecture,
+# shared by every handle of it (the convention of every inference handle).
+@functools.partial(jax.jit, static_argnames=("graphdef", "with_heads"))
+def _rollout(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, with_heads: bool) -> dict[str, jax.Array]:
+    return forward_fn(graphdef, with_heads=with_heads)(state, images)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "batch"))
+def _init(graphdef: nnx.GraphDef, state: nnx.State, *, batch: int) -> Carry:
+    return init_fn(graphdef)(state, batch)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "with_heads"))
+def _step(graphdef: nnx.GraphDef, state: nnx.State, carry: Carry, image: jax.Array, *,
+          with_heads: bool) -> tuple[Carry, dict[str, jax.Array]]:
+    return step_fn(graphdef, with_heads=with_heads)(state, carry, image)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _tokens(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array) -> jax.Array:
+    # only the last decoder layer leaves the device (the scan's other outputs are dead code)
+    return nnx.merge(graphdef, state).tokens(images)

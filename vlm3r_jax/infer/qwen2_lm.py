@@ -17,7 +17,8 @@ from flax import nnx
 from vlm3r_jax import sharding
 from vlm3r_jax.convert import hf_qwen2
 from vlm3r_jax.infer import sampling
-from vlm3r_jax.infer.kv_cache import KVCache
+from vlm3r_jax.models.host_init import fill_random
+from vlm3r_jax.models.kv_cache import KVCache
 from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
 
 
@@ -60,7 +61,7 @@ class Qwen2LM:
         mesh: jax.sharding.Mesh | None = None,
         rules: Any = None,
     ):
-        self.config = cfg
+        self.cfg = cfg
         self.graphdef = graphdef
         self.state = state
         self.mesh = mesh
@@ -94,30 +95,20 @@ class Qwen2LM:
 
     @classmethod
     def random(cls, cfg: Qwen2Config, seed: int = 0, **kwargs: Any) -> Qwen2LM:
-        """Random weights (tests, benchmarks, demos): kernels N(0, 1/fan_in), embedding N(0, 0.02),
-        biases 0, norm scales 1. Drawn with numpy on the host: eager jax.random would compile
-        once per parameter shape, and this keeps big random models cheap to build."""
+        """Random weights (tests, benchmarks, demos), drawn on the host by
+        :func:`vlm3r_jax.models.host_init.fill_random` (kernels N(0, 1/fan_in), embedding
+        N(0, 0.02), biases 0, norm scales 1): cheap even for large shapes."""
         graphdef, abstract = hf_qwen2.abstract_state(cfg)
-        rng = np.random.default_rng(seed)
-
-        def init(path, var):
-            name = str(getattr(path[-1], "key", path[-1]))
-            shape, dtype = var.get_value().shape, var.get_value().dtype
-            if name == "scale":
-                arr = np.ones(shape, np.float32)
-            elif name == "bias":
-                arr = np.zeros(shape, np.float32)
-            else:
-                std = 0.02 if name == "embedding" else shape[0] ** -0.5
-                arr = std * rng.standard_normal(shape, dtype=np.float32)
-            return var.replace(jnp.asarray(arr, dtype))
-
-        state = jax.tree_util.tree_map_with_path(init, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
-        return cls(cfg, graphdef, state, **kwargs)
+        return cls.from_model(fill_random(nnx.merge(graphdef, abstract), seed), **kwargs)
 
     def save_pretrained(self, out_dir: str, dtype: Any = None, max_shard_bytes: int | None = None) -> None:
         """Writes an HF Qwen2 directory (config.json + model.safetensors) that transformers loads."""
-        hf_qwen2.save_hf(out_dir, self.state, self.config, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        hf_qwen2.save_hf(out_dir, self.state, self.cfg, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+    @property
+    def config(self) -> Qwen2Config:
+        """Deprecated alias of ``cfg`` (every handle names its config ``cfg``)."""
+        return self.cfg
 
     @property
     def model(self) -> Qwen2:
@@ -133,11 +124,11 @@ class Qwen2LM:
         """Token ids must index the vocabulary where the mask marks real tokens; padding ids may be
         anything (e.g. -100) and are replaced by 0."""
         real = np.ones(ids.shape, bool) if mask is None else mask.astype(bool)
-        bad = real & ((ids < 0) | (ids >= self.config.vocab_size))
+        bad = real & ((ids < 0) | (ids >= self.cfg.vocab_size))
         if bad.any():
             b, t = np.argwhere(bad)[0]
             raise ValueError(
-                f"input_ids[{b}, {t}] = {ids[b, t]} is outside the vocabulary [0, {self.config.vocab_size}); "
+                f"input_ids[{b}, {t}] = {ids[b, t]} is outside the vocabulary [0, {self.cfg.vocab_size}); "
                 "mark padding with attention_mask = 0"
             )
         return np.where(real, ids, 0).astype(np.int32)
@@ -188,7 +179,7 @@ class Qwen2LM:
         prompt = ids
         ids = self._check_ids(ids, mask)
         if eos_token_id is None:
-            eos = self.config.eos_token_ids
+            eos = self.cfg.eos_token_ids
         else:
             eos = tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else (int(eos_token_id),)
         cfg = sampling.SamplingConfig(

@@ -62,22 +62,6 @@ class SiglipVision:
         state = load_siglip_state(state, source, cfg, prefix=prefix, dtype=dt)
         return cls(nnx.merge(graphdef, state))
 
-    # jitted pure functions -----------------------------------------------------------------
-    @functools.partial(jax.jit, static_argnums=(0, 3))
-    def _forward(self, state: Any, pixel_values: jax.Array, hidden: bool) -> dict[str, Any]:
-        model = nnx.merge(self.graphdef, state)
-        return model(pixel_values, output_hidden_states=hidden)
-
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def _features(self, state: Any, pixel_values: jax.Array) -> jax.Array:
-        return nnx.merge(self.graphdef, state).features(pixel_values)
-
-    def __hash__(self) -> int:  # static self for jax.jit
-        return id(self)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
     def _check(self, pixel_values: Any) -> jax.Array:
         if not hasattr(pixel_values, "shape") or not hasattr(pixel_values, "dtype"):
             raise TypeError(f"pixel_values must be an array [B, H, W, C], got {type(pixel_values).__name__}")
@@ -89,17 +73,29 @@ class SiglipVision:
         """[B, H, W, C] -> tuple of ``layers + 1`` arrays [B, P, D]: [0] embeddings, [i] after
         layer i (HF ``output_hidden_states``; no post_layernorm on any of them)."""
         x = self._check(pixel_values)
-        return self._forward(self.state, x, True)["hidden_states"]
+        return _forward(self.graphdef, self.state, x, hidden=True)["hidden_states"]
 
     def features(self, pixel_values: Any) -> jax.Array:
         """[B, H, W, C] -> [B, P, D]: HF ``last_hidden_state`` (post-layernorm when the config
         uses it, which it does for a plain HF checkpoint)."""
         x = self._check(pixel_values)
-        return self._features(self.state, x)
+        return _features(self.graphdef, self.state, x)
 
     def pooled(self, pixel_values: Any) -> jax.Array:
         """[B, H, W, C] -> [B, D]: HF ``pooler_output`` (attention-pooling head)."""
         if not self.cfg.use_head:
             raise ValueError("this SigLIP tower was loaded without its pooling head (use_head=False)")
         x = self._check(pixel_values)
-        return self._forward(self.state, x, False)["pooler_output"]
+        return _forward(self.graphdef, self.state, x, hidden=False)["pooler_output"]
+
+
+# Module-level jitted functions with ``graphdef`` static: one compilation per architecture,
+# shared by every handle of it (the convention of every inference handle).
+@functools.partial(jax.jit, static_argnames=("graphdef", "hidden"))
+def _forward(graphdef: nnx.GraphDef, state: Any, pixel_values: jax.Array, *, hidden: bool) -> dict[str, Any]:
+    return nnx.merge(graphdef, state)(pixel_values, output_hidden_states=hidden)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _features(graphdef: nnx.GraphDef, state: Any, pixel_values: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, state).features(pixel_values)

@@ -29,15 +29,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-if TYPE_CHECKING:
-    from vlm3r_jax.infer.vlm3r_model import VLM3RModel
+from data_pipeline.image_preprocess import siglip_preprocess_np
+from vlm3r_jax.infer.engine import VLM3REngine
 
 SELECT = ("uniform", "window")
 
@@ -103,23 +103,22 @@ class FrameBuffer:
 class VideoStream:
     """Created by :meth:`VLM3RModel.stream`; see the module docstring."""
 
-    def __init__(self, model: VLM3RModel, config: StreamConfig | None = None):
-        self.model = model
+    def __init__(self, engine: VLM3REngine, config: StreamConfig | None = None):
+        self.engine = engine
         self.config = config or StreamConfig()
         self.reset()
 
     def reset(self) -> None:
         """Start a new video: fresh CUT3R state, no stored frames."""
-        m = self.model
+        m = self.engine
         self.num_frames = 0
         self.buffer = FrameBuffer(self.config.max_frames, self.config.select)
         self._carry = _init_carry(m.graphdef, m.params) if m.cfg.geometry is not None else None
 
     # --- frames -----------------------------------------------------------------------------------
     def _prepare(self, frame: Any) -> jax.Array:
-        from data_pipeline.image_preprocess import siglip_preprocess_np
 
-        size = self.model.cfg.vision.image_size
+        size = self.engine.cfg.vision.image_size
         x = np.asarray(frame)
         if x.ndim != 3 or x.shape[-1] != 3:
             raise ValueError(f"push() takes one RGB frame [H, W, 3], got shape {x.shape}")
@@ -136,7 +135,7 @@ class VideoStream:
         Returns this frame's outputs as device arrays (no host copy unless you read them):
         ``geometry_tokens`` [G, Dg] (what the fusion attends to) and, with ``with_heads``,
         ``camera_c2w`` [4, 4], ``pts3d`` [h, w, 3] and ``conf`` [h, w] (subsampled)."""
-        m = self.model
+        m = self.engine
         x = self._prepare(frame)
         keep = self.buffer.wants(self.num_frames)
         self._carry, out = _frame_step(m.graphdef, m.params, self._carry, x, visual=keep,
@@ -170,13 +169,13 @@ class VideoStream:
         """Answers over the frames chosen by the policy (``select``) among those seen so far."""
         if self.num_frames == 0:
             raise ValueError("no frames pushed yet: call push(frame) first")
-        m = self.model
+        m = self.engine
         chosen = self.buffer.chosen()
         pooled = jnp.stack([e["pooled"] for _, e in chosen])[None]  # [1, F, h, w, D]
         ids = m.prompt_ids(question)
-        m._check(ids[None], None, num_frames=pooled.shape[1])
+        m.check(ids[None], None, num_frames=pooled.shape[1])
         embeds, mask = _prefill_pooled(m.graphdef, m.params, jnp.asarray(ids[None]), pooled)
-        out = m._decode(embeds, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        out = m.decode(embeds, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                         top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
         n = int(out.num_tokens[0])
         return m.tokenizer.decode([int(t) for t in np.asarray(out.tokens[0, :n])], skip_special_tokens=True).strip()

@@ -11,7 +11,6 @@ once, then the shared KV-cache sampler of :mod:`vlm3r_jax.infer.sampling`), ``an
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,27 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data_pipeline.chat_template import TemplateConfig, question_prompt, tokenize_prompt
+from data_pipeline.chat_template import TemplateConfig
 from data_pipeline.image_preprocess import siglip_preprocess_np
 from data_pipeline.tokenizer import QwenTokenizer
+from data_pipeline.video import load_video, sample_indices
+from vlm3r_jax.convert.vlm3r_export import export, find_geometry
+from vlm3r_jax.convert.vlm3r_ours import load_ours, read_num_frames, save_ours
+from vlm3r_jax.convert.vlm3r_release import load_release
 from vlm3r_jax.infer.chat import ChatSession
-from vlm3r_jax.infer.sampling import SamplingConfig, generate, stop_ids_array
+from vlm3r_jax.infer.engine import VLM3REngine, forward_logits
 from vlm3r_jax.infer.stream import StreamConfig, VideoStream
-from vlm3r_jax.models.splice import check_length, placeholder_positions
-from vlm3r_jax.models.vlm3r import VLM3R, VLM3RConfig
+from vlm3r_jax.models.host_init import fill_random
+from vlm3r_jax.models.vlm3r import VLM3R, VLM3RConfig, abstract_vlm3r
 
 OURS_CONFIG = "vlm3r_config.json"
-
-
-def _left_align(embeds: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Right-padded rows -> left-padded rows (the sampler wants every prompt to end at one slot)."""
-    t = mask.shape[1]
-    n = jnp.sum(mask, axis=1)
-    shift = (t - n)[:, None]
-    src = jnp.mod(jnp.arange(t)[None, :] - shift, t)
-    emb = jnp.take_along_axis(embeds, src[..., None], axis=1)
-    new_mask = (jnp.arange(t)[None, :] >= shift).astype(mask.dtype)
-    return emb, new_mask
 
 
 def _is_llava_dir(path: str) -> bool:
@@ -69,12 +61,9 @@ class VLM3RModel:
         self.template = template or TemplateConfig(max_length=cfg.model_max_length)
         self.info = info or {}
         model.eval()
-        self.graphdef, self.params = nnx.split(model)
-        self._forward = jax.jit(self._forward_impl)
-        self._prefill = jax.jit(self._prefill_impl)
-        # stable function objects: the sampler's jit cache is keyed on them
-        self._step_fn = functools.partial(VLM3RModel._step, self.graphdef)
-        self._embed_fn = functools.partial(VLM3RModel._embed, self.graphdef)
+        graphdef, params = nnx.split(model)
+        # what sessions (chat, stream) and the sharded evaluator run on
+        self.engine = VLM3REngine(cfg, graphdef, params, tokenizer, self.template)
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -89,7 +78,6 @@ class VLM3RModel:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model directory does not exist: {path}")
         if num_frames is None:
-            from vlm3r_jax.convert.vlm3r_ours import read_num_frames
 
             num_frames = read_num_frames(path) or 32  # None for a released dir (no vlm3r_config.json)
         if os.path.exists(os.path.join(path, OURS_CONFIG)):
@@ -100,7 +88,6 @@ class VLM3RModel:
             # a merged export / full fine-tune: the LLaVA-Video-Qwen2 dir is the whole model
             released, base, path = True, path, None
         if released and geometry is None:
-            from vlm3r_jax.convert.vlm3r_export import find_geometry
 
             geometry = find_geometry(path or base)
         if not released and base is None:
@@ -112,7 +99,6 @@ class VLM3RModel:
             raise FileNotFoundError(f"{path} is a released LoRA dir: pass base=<the LLaVA-Video-Qwen2 base directory>")
         if path is not None and os.path.abspath(path) == os.path.abspath(base):
             path = None
-        from vlm3r_jax.convert.vlm3r_release import load_release
 
         cfg, model, info = load_release(path, base, geometry, dtype=dtype, vision_config=vision_config,
                                         keep_lora=keep_lora, attention_impl=attention_impl)
@@ -124,22 +110,18 @@ class VLM3RModel:
                     num_frames: int = 32) -> VLM3RModel:
         """A randomly initialised model (host-drawn weights, :mod:`vlm3r_jax.models.host_init`):
         for tests, notebooks and benchmarks that need the architecture, not trained weights."""
-        from vlm3r_jax.models.host_init import fill_random
-        from vlm3r_jax.models.vlm3r import abstract_vlm3r
 
         model = fill_random(abstract_vlm3r(cfg), seed)
         return cls(cfg, model, tokenizer, num_frames=num_frames)
 
     @classmethod
     def _from_ours(cls, path: str, *, dtype: str, num_frames: int) -> VLM3RModel:
-        from vlm3r_jax.convert.vlm3r_ours import load_ours
 
         cfg, model = load_ours(path, dtype=dtype)
         return cls(cfg, model, QwenTokenizer.from_dir(path), num_frames=num_frames)
 
     def save_pretrained(self, path: str) -> None:
         """Writes our format: ``vlm3r_config.json`` + ``model.safetensors`` + tokenizer files."""
-        from vlm3r_jax.convert.vlm3r_ours import save_ours
 
         save_ours(path, self.cfg, nnx.merge(self.graphdef, self.params), self.tokenizer, num_frames=self.num_frames)
 
@@ -151,7 +133,6 @@ class VLM3RModel:
         does not hold are copied from the checkpoint it was loaded from (``passthrough=True``).
         Returns ``{"base", "lora", "geometry"}`` paths for :func:`vlm3r_jax.api.load_vlm3r`.
         See docs/export.md for the options (``adapter_format``, ``dtype``, ...)."""
-        from vlm3r_jax.convert.vlm3r_export import export
 
         kwargs.setdefault("tokenizer", self.tokenizer)
         kwargs.setdefault("source", self.info or None)
@@ -165,59 +146,21 @@ class VLM3RModel:
     def model(self) -> VLM3R:
         return nnx.merge(self.graphdef, self.params)
 
-    # --- pure functions -------------------------------------------------------------------------
-    def _forward_impl(self, params, input_ids, frames, attention_mask):
-        model = nnx.merge(self.graphdef, params)
-        logits, _ = model(input_ids, frames, attention_mask=attention_mask)
-        return logits
+    @property
+    def graphdef(self) -> nnx.GraphDef:
+        return self.engine.graphdef
 
-    def _prefill_impl(self, params, input_ids, frames, attention_mask):
-        model = nnx.merge(self.graphdef, params)
-        sp = model.embed_prompt(input_ids, frames, attention_mask=attention_mask)
-        return _left_align(sp["inputs_embeds"], sp["attention_mask"])
-
-    @staticmethod
-    def _step(graphdef, params, cache, embeds, mask):
-        return nnx.merge(graphdef, params).llm.last_logits(embeds, mask, cache)
-
-    @staticmethod
-    def _embed(graphdef, params, ids):
-        return nnx.merge(graphdef, params).llm.embed_tokens(ids)
-
-    # --- checks -----------------------------------------------------------------------------------
-    def _check(self, input_ids: np.ndarray, frames: Any, num_frames: int | None = None) -> tuple[np.ndarray, Any]:
-        """Validates a batch; ``num_frames`` checks the length for a video given as features."""
-        input_ids = np.asarray(input_ids)
-        if input_ids.ndim == 1:
-            input_ids = input_ids[None]
-        if frames is None:
-            n_video = self.cfg.num_video_tokens(num_frames) if num_frames else 0
-            pos = placeholder_positions(input_ids, self.video_token_id) if num_frames else np.zeros(1, int)
-            check_length(input_ids.shape[1] + (0 if num_frames else 1), n_video, pos, self.cfg.model_max_length,
-                         "error")
-            return input_ids, None
-        frames = jnp.asarray(frames)
-        if frames.ndim == 4:
-            frames = frames[None]
-        if frames.ndim != 5 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be float [B, N, H, W, 3] (SigLIP-normalised), got {tuple(frames.shape)}")
-        if not jnp.issubdtype(frames.dtype, jnp.floating):
-            raise TypeError(f"frames must be float SigLIP-normalised pixels in [-1, 1], got {frames.dtype}; "
-                            "use data_pipeline.image_preprocess.siglip_preprocess_np on uint8 frames")
-        if frames.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"{input_ids.shape[0]} prompts but {frames.shape[0]} videos")
-        pos = placeholder_positions(input_ids, self.video_token_id)
-        check_length(input_ids.shape[1], self.cfg.num_video_tokens(frames.shape[1]), pos,
-                     self.cfg.model_max_length, "error")
-        return input_ids, frames
+    @property
+    def params(self) -> nnx.State:
+        return self.engine.params
 
     # --- public API -------------------------------------------------------------------------------
     def logits(self, input_ids: Any, frames: Any, attention_mask: Any = None) -> jax.Array:
         """input_ids int [B, T] with one placeholder per row (``video_token_id``); frames float
         [B, N, H, W, 3] SigLIP-normalised -> logits [B, T - 1 + N_video_tokens, vocab] (right padding)."""
-        ids, frames = self._check(input_ids, frames)
+        ids, frames = self.engine.check(input_ids, frames)
         mask = None if attention_mask is None else jnp.asarray(attention_mask)
-        return self._forward(self.params, jnp.asarray(ids), frames, mask)
+        return forward_logits(self.graphdef, self.params, jnp.asarray(ids), frames, mask)
 
     def generate(self, input_ids: Any, frames: Any, *, attention_mask: Any = None, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
@@ -225,29 +168,17 @@ class VLM3RModel:
         """Right-padded prompts + videos -> new token ids int [B, max_new_tokens] (eos-padded).
         Stops at ``<|im_end|>`` as the official eval does. Greedy unless ``temperature > 0``;
         the result is a deterministic function of ``seed``."""
-        ids, frames = self._check(input_ids, frames)
+        ids, frames = self.engine.check(input_ids, frames)
         b, t = ids.shape
         mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        embeds, emb_mask = self._prefill(self.params, jnp.asarray(ids), frames, mask)
-        out = self._decode(embeds, emb_mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        embeds, emb_mask = self.engine.prefill(self.params, jnp.asarray(ids), frames, mask)
+        out = self.engine.decode(embeds, emb_mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                            top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
         return np.asarray(out.tokens)
-
-    def _decode(self, embeds: jax.Array, mask: jax.Array, *, max_new_tokens: int, temperature: float, top_p: float,
-                top_k: int, repetition_penalty: float, seed: int) -> Any:
-        """Left-aligned prompt embeddings [B, T, D] + mask -> the sampler's output (fresh cache of
-        T + max_new_tokens slots, stopping at the LLM's eos ids)."""
-        cache = self.model.llm.init_cache(embeds.shape[0], embeds.shape[1] + max_new_tokens)
-        scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                              repetition_penalty=repetition_penalty)
-        stop_ids, pad_id = stop_ids_array(self.cfg.llm.eos_token_ids)
-        return generate(self._step_fn, self._embed_fn, self.params, cache, embeds, mask, jax.random.key(seed),
-                        stop_ids, pad_id, config=scfg)
 
     def prepare_video(self, video: Any, num_frames: int | None = None) -> np.ndarray:
         """A path (video file or frame directory) or uint8 [N, H, W, 3] -> float [n, S, S, 3]
         (n = ``num_frames`` sampled by the reference rule, S = the tower's image size)."""
-        from data_pipeline.video import load_video, sample_indices
 
         n = num_frames or self.num_frames
         if isinstance(video, (str, os.PathLike)):
@@ -264,8 +195,7 @@ class VLM3RModel:
 
     def prompt_ids(self, question: str, with_video: bool = True) -> np.ndarray:
         """The official single-turn prompt (``<image>\\n`` + question, qwen_1_5 template)."""
-        conv = question_prompt(question) if with_video else [{"from": "human", "value": question}]
-        return tokenize_prompt(self.tokenizer, conv, self.template, require_placeholder=with_video).input_ids
+        return self.engine.prompt_ids(question, with_video)
 
     def answer(self, video: Any, question: str, max_new_tokens: int = 64, *, num_frames: int | None = None,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
@@ -284,7 +214,7 @@ class VLM3RModel:
         ``keep_history=False`` makes every question independent (same prefix, no earlier turns).
         ``max_context``: cache size in tokens (default: the prefix + 1024)."""
         frames = None if video is None else self.prepare_video(video, num_frames)
-        return ChatSession(self, frames, keep_history=keep_history, max_context=max_context)
+        return ChatSession(self.engine, frames, keep_history=keep_history, max_context=max_context)
 
     def stream(self, config: StreamConfig | None = None, **kwargs: Any) -> VideoStream:
         """An online session: ``push(frame)`` one frame at a time (constant cost per frame),
@@ -293,7 +223,7 @@ class VLM3RModel:
             config = StreamConfig(**kwargs)
         elif kwargs:
             config = dataclasses.replace(config, **kwargs)
-        return VideoStream(self, config)
+        return VideoStream(self.engine, config)
 
     def reconstruct(self, video: Any, num_frames: int | None = None, points_stride: int = 4) -> dict[str, np.ndarray]:
         """CUT3R's reconstruction of ``video`` as VLM-3R sees it (the sampled frames at the
@@ -302,19 +232,13 @@ class VLM3RModel:
         if self.cfg.geometry is None:
             raise ValueError("this model has no geometry encoder (config.geometry is None)")
         pixels = self.prepare_video(video, num_frames)
-        stream = VideoStream(self, StreamConfig(max_frames=pixels.shape[0], select="window", with_heads=True,
+        stream = VideoStream(self.engine, StreamConfig(max_frames=pixels.shape[0], select="window", with_heads=True,
                                                 points_stride=points_stride))
         for f in pixels:
             stream.push(f)
         rec = stream.reconstruction()
         rec["frames"] = np.clip((pixels + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
         return rec
-
-    def _chat_prefix(self, prefix_ids: list[int], frames: np.ndarray | None, capacity: int) -> Any:
-        """Prefills a fresh cache of ``capacity`` slots with the chat prefix (video included)."""
-        ids = jnp.asarray([prefix_ids], jnp.int32)
-        fr = None if frames is None else jnp.asarray(frames)[None]
-        return _prefill_cache(self.graphdef, self.params, ids, fr, capacity=capacity)
 
     def answer_batch(self, videos: Sequence[Any], questions: Sequence[str], max_new_tokens: int = 16, *,
                      num_frames: int | None = None, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
@@ -332,17 +256,3 @@ class VLM3RModel:
         toks = self.generate(ids, frames, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
                              top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
         return [self.tokenizer.decode([int(x) for x in row], skip_special_tokens=True).strip() for row in toks]
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "capacity"))
-def _prefill_cache(graphdef: nnx.GraphDef, params: nnx.State, ids: jax.Array, frames: jax.Array | None, *,
-                   capacity: int) -> Any:
-    """ids [1, T] (+ frames [1, F, S, S, 3]) -> a KV cache of ``capacity`` slots holding them."""
-    model = nnx.merge(graphdef, params)
-    if frames is None:
-        embeds = model.llm.embed_tokens(ids)
-    else:
-        embeds = model.embed_prompt(ids, frames)["inputs_embeds"]
-    cache = model.llm.init_cache(1, capacity)
-    _, cache = model.llm.last_logits(embeds, jnp.ones(embeds.shape[:2], jnp.int32), cache)
-    return cache

@@ -18,7 +18,6 @@ videos): attention never crosses frames.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
@@ -28,6 +27,7 @@ from flax import nnx
 
 from vlm3r_jax import sharding
 from vlm3r_jax.layers import LayerNorm, Linear, dot_product_attention
+from vlm3r_jax.layers.activations import gelu_exact
 
 # config ``fusion_block`` -> (heads the reference hard-codes, where it runs, which CUT3R tokens it sees).
 # "before": on the SigLIP features, then the projector; "after": on the projected features
@@ -154,10 +154,6 @@ class CrossAttentionFusion(nnx.Module):
         return self.dropout(self.out_norm(self.out_proj(a)) + x)
 
 
-def _gelu(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=False)  # torch nn.GELU() default: exact erf
-
-
 class _MLP(nnx.Module):
     """The reference ``MLP`` of cross_attention_mlp.py: fc1 -> GELU -> dropout -> fc2 -> dropout."""
 
@@ -169,7 +165,7 @@ class _MLP(nnx.Module):
         self.dropout2 = nnx.Dropout(drop, deterministic=True, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.dropout2(self.fc2(self.dropout1(_gelu(self.fc1(x)))))
+        return self.dropout2(self.fc2(self.dropout1(gelu_exact(self.fc1(x)))))
 
 
 def _sequential(d_in: int, d_hidden: int, d_out: int, *, param_dtype: Any, rngs: nnx.Rngs) -> nnx.List:
@@ -253,7 +249,7 @@ class MLPFusion(nnx.Module):
     def __call__(self, x: jax.Array, z: jax.Array, kv_mask: jax.Array | None = None) -> jax.Array:
         """x projected features [B, P, D], z patch tokens [B, P, Ds] (same P) -> [B, P, D]."""
         _same_tokens(x, z, self.cfg.fusion_block)
-        return x + _run_sequential(self.spatial_features_mlp, z.astype(x.dtype), _gelu)
+        return x + _run_sequential(self.spatial_features_mlp, z.astype(x.dtype), gelu_exact)
 
 
 class ConcatMLPFusion(nnx.Module):
@@ -270,8 +266,8 @@ class ConcatMLPFusion(nnx.Module):
     def __call__(self, x: jax.Array, z: jax.Array, kv_mask: jax.Array | None = None) -> jax.Array:
         """x [B, P, D], z [B, P, Ds] -> [B, P, D]."""
         _same_tokens(x, z, self.cfg.fusion_block)
-        s = _run_sequential(self.spatial_features_proj_mlp, z.astype(x.dtype), _gelu)
-        return _run_sequential(self.fusion_mlp, jnp.concatenate([x, s], axis=-1), _gelu)
+        s = _run_sequential(self.spatial_features_proj_mlp, z.astype(x.dtype), gelu_exact)
+        return _run_sequential(self.fusion_mlp, jnp.concatenate([x, s], axis=-1), gelu_exact)
 
 
 class ConcatSelfAttentionFusion(nnx.Module):
@@ -292,7 +288,7 @@ class ConcatSelfAttentionFusion(nnx.Module):
     def __call__(self, x: jax.Array, z: jax.Array, kv_mask: jax.Array | None = None) -> jax.Array:
         """x [B, P, D], z [B, P, Ds] -> [B, P, D]."""
         _same_tokens(x, z, self.cfg.fusion_block)
-        s = _run_sequential(self.spatial_features_proj_mlp, z.astype(x.dtype), _gelu)
+        s = _run_sequential(self.spatial_features_proj_mlp, z.astype(x.dtype), gelu_exact)
         c = jnp.concatenate([x, s], axis=-1)
         n = self.pre_attn_norm(c)
         r = self.dropout(self.self_attention(n, n, n)) + c
@@ -326,68 +322,3 @@ def build_fusion(cfg: FusionConfig, *, d_llm: int | None = None, param_dtype: An
             raise ValueError(f"fusion_block {cfg.fusion_block!r} runs after the projector: give d_llm (LLM width)")
         cfg = dataclasses.replace(cfg, d_llm=d_llm)
     return _CLASSES[cfg.fusion_block](cfg, param_dtype=param_dtype, rngs=rngs)
-
-
-# --- reference state-dict names ----------------------------------------------------------------------
-# Our parameter paths mirror the reference module tree; the differences are mechanical: Linear
-# ``kernel`` [in, out] <-> torch ``weight`` [out, in], LayerNorm ``scale`` <-> ``weight``, and the
-# q/k/v projections of an ``nn.MultiheadAttention`` (``cross_attention`` / ``self_attention``), which
-# torch packs into one ``in_proj_weight`` [3d, d] / ``in_proj_bias`` [3d] (q, k, v row blocks).
-_MHA_IN = re.compile(r"^(.*\b(?:cross_attention|self_attention))\.([qkv])_proj\.(kernel|bias)$")
-
-
-def reference_name(path: str) -> tuple[str, int | None, bool]:
-    """Our param path -> (reference key, q/k/v block index or None, transpose?)."""
-    m = _MHA_IN.match(path)
-    if m:
-        block = "qkv".index(m.group(2))
-        return f"{m.group(1)}.in_proj_{'weight' if m.group(3) == 'kernel' else 'bias'}", block, m.group(3) == "kernel"
-    if path.endswith(".kernel"):
-        return path[: -len(".kernel")] + ".weight", None, True
-    if path.endswith(".scale"):
-        return path[: -len(".scale")] + ".weight", None, False
-    return path, None, False
-
-
-def export_fusion(module: nnx.Module) -> dict[str, Any]:
-    """A fusion block's parameters as the reference state dict (numpy, torch layouts, no prefix)."""
-    import numpy as np
-
-    from vlm3r_jax.convert.assign import flat_arrays
-
-    flat = flat_arrays(nnx.state(module, nnx.Param))
-    out: dict[str, Any] = {}
-    packed: dict[str, dict[int, Any]] = {}
-    for path, arr in flat.items():
-        key, block, t = reference_name(path)
-        arr = np.swapaxes(arr, 0, 1) if t else arr
-        if block is None:
-            out[key] = np.ascontiguousarray(arr)
-        else:
-            packed.setdefault(key, {})[block] = arr
-    for key, blocks in packed.items():
-        if sorted(blocks) != [0, 1, 2]:
-            raise ValueError(f"fusion export: {key} needs q, k and v blocks, got {sorted(blocks)}")
-        out[key] = np.ascontiguousarray(np.concatenate([blocks[0], blocks[1], blocks[2]], axis=0))
-    return out
-
-
-def reference_mapping(state: Any, prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Any]:
-    """``{our path (under ours): Src(reference key under prefix, transform)}`` for every parameter
-    of a fusion block's (abstract) ``state`` - the loader's name map, any variant."""
-    from vlm3r_jax.convert.assign import Src, flat_variables
-
-    def pick(block: int | None, t: bool):
-        def fn(w):
-            if block is not None:
-                d = w.shape[0] // 3
-                w = w[block * d:(block + 1) * d]
-            return w.swapaxes(0, 1) if t else w
-
-        return fn
-
-    m = {}
-    for path in flat_variables(state):
-        key, block, t = reference_name(path)
-        m[ours + path] = Src(prefix + key, pick(block, t)) if (t or block is not None) else Src(prefix + key)
-    return m

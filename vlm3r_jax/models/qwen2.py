@@ -6,7 +6,7 @@ final RMSNorm and an LM head (tied to the embedding table when ``tie_word_embedd
 
 The model accepts token ids or ready-made ``inputs_embeds`` (the VLM splices video features into
 the embedding sequence), a padding mask (left or right padding), explicit positions, and a
-fixed-size :class:`~vlm3r_jax.infer.kv_cache.KVCache` for incremental decoding. One code path
+fixed-size :class:`~vlm3r_jax.models.kv_cache.KVCache` for incremental decoding. One code path
 serves training (no cache), prefill (empty cache) and one-token decode steps (filled cache).
 """
 
@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vlm3r_jax.infer.kv_cache import KVCache
 from vlm3r_jax.layers import Embed, Linear, RMSNorm, dot_product_attention
 from vlm3r_jax.layers.attention import IMPLEMENTATIONS, resolve_implementation
+from vlm3r_jax.models.kv_cache import KVCache
 from vlm3r_jax.sharding import constrain
 
 # model_type values whose config.json describes a Qwen2 language model (LLaVA-Qwen wraps one).

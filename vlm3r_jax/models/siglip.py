@@ -29,36 +29,11 @@ from einops import rearrange
 from flax import nnx
 
 from vlm3r_jax.layers import LayerNorm, Linear, dot_product_attention
+from vlm3r_jax.layers.activations import HF_ACTIVATIONS
 from vlm3r_jax.models.interpolate import interpolate_bicubic
 from vlm3r_jax.sharding import constrain
 
-_ACTS = {
-    # HF ACT2FN names -> jax. SigLIP uses the tanh approximation ("gelu_pytorch_tanh").
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    # the rest of transformers' ACT2FN (no released SigLIP uses them; random test configs may)
-    "swish": jax.nn.silu,
-    "gelu_python": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_python_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_accurate": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_10": lambda x: jnp.clip(jax.nn.gelu(x, approximate=False), -10.0, 10.0),
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "linear": lambda x: x,
-    "relu6": jax.nn.relu6,
-    "relu2": lambda x: jnp.square(jax.nn.relu(x)),
-    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
-    "hardswish": jax.nn.hard_swish,
-    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
-    # transformers' LaplaceActivation defaults: mu = sqrt(1/2), sigma = sqrt(1/(4 pi))
-    "laplace": lambda x: 0.5 * (1.0 + jax.lax.erf((x - 0.707107) / (0.282095 * 2.0**0.5))),
-    "sqrtsoftplus": lambda x: jnp.sqrt(jax.nn.softplus(x)),
-}
+_ACTS = HF_ACTIVATIONS  # the table a config.json hidden_act is looked up in
 
 ACTIVATION_AXES = ("frames", "length", "act_embed")
 

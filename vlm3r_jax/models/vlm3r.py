@@ -24,11 +24,11 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
-from data_pipeline.image_preprocess import resize_bilinear
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 from vlm3r_jax.models.cut3r.model import Cut3r
 from vlm3r_jax.models.fusion import FusionConfig, build_fusion
-from vlm3r_jax.models.lora import LoRAConfig
+from vlm3r_jax.models.interpolate import interpolate_bilinear
+from vlm3r_jax.models.lora import LoRAConfig, attach_lora
 from vlm3r_jax.models.projector import ProjectorConfig, VisionProjector, layout_video_tokens
 from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
 from vlm3r_jax.models.siglip import SiglipVisionConfig, SiglipVisionModel
@@ -123,8 +123,6 @@ class VLM3R(nnx.Module):
         self.mm_projector = VisionProjector(cfg.projector, dtype=dtype, param_dtype=pdt, rngs=rngs)
         self.llm = Qwen2(cfg.llm, rngs=rngs)
         if cfg.lora is not None:
-            from vlm3r_jax.models.lora import attach_lora
-
             attach_lora(self, cfg.lora, rngs=rngs, param_dtype=pdt)
 
     # --- the video branch -----------------------------------------------------------------------
@@ -141,7 +139,7 @@ class VLM3R(nnx.Module):
     def geometry_input(self, frames: jax.Array) -> jax.Array:
         """SigLIP-view frames [..., H, W, 3] -> CUT3R's input (bilinear resize, geometry dtype)."""
         lead = frames.shape[:-3]
-        x = resize_bilinear(frames.reshape((-1,) + frames.shape[-3:]), self.cfg.geometry_image_size)
+        x = interpolate_bilinear(frames.reshape((-1,) + frames.shape[-3:]), self.cfg.geometry_image_size)
         return x.reshape(lead + x.shape[1:]).astype(jnp.dtype(self.cfg.geometry.dtype))
 
     def select_geometry(self, tokens: jax.Array) -> jax.Array:
@@ -240,15 +238,6 @@ class VLM3R(nnx.Module):
         mask = None if attention_mask is None else sp["attention_mask"]
         logits, _ = self.llm(inputs_embeds=sp["inputs_embeds"], positions=sp["positions"], attention_mask=mask)
         return logits, sp
-
-
-def vlm3r_loss(model: VLM3R, batch: dict) -> tuple[jax.Array, jax.Array]:
-    """Train-step loss: next-token cross-entropy on answer tokens (labels != -100)."""
-    from vlm3r_jax.train.step import next_token_xent
-
-    logits, sp = model(batch["input_ids"], batch.get("frames"), attention_mask=batch.get("attention_mask"),
-                       labels=batch["labels"], geometry_tokens=batch.get("geometry_tokens"))
-    return next_token_xent(logits, sp["labels"])
 
 
 _ABSTRACT: dict[VLM3RConfig, VLM3R] = {}

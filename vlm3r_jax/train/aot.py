@@ -30,6 +30,9 @@ import numpy as np
 from flax import nnx
 
 from vlm3r_jax import sharding
+from vlm3r_jax.layers.attention import target_platform
+from vlm3r_jax.models.lora import LoRAConfig, attach_lora
+from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
 from vlm3r_jax.train.optimizer import make_optimizer
 from vlm3r_jax.train.state import TrainState
 from vlm3r_jax.train.step import LossFn, jit_train_step, make_train_step, next_token_xent
@@ -181,8 +184,6 @@ def build_qwen2_lora(cfg: ml_collections.ConfigDict) -> ModelSpec:
     """Qwen2 decoder with LoRA on every attention/MLP Linear; batch ``input_ids``/``labels``
     int32 [global_batch, seq_len]. ``cfg.model``: the :class:`Qwen2Config` fields; ``cfg.lora``:
     rank, alpha, dropout, targets; ``cfg.data``: global_batch, seq_len."""
-    from vlm3r_jax.models.lora import LoRAConfig, attach_lora
-    from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
 
     fields = {f.name for f in dataclasses.fields(Qwen2Config)}
     mc = Qwen2Config(**{k: v for k, v in cfg.model.items() if k in fields})
@@ -316,7 +317,6 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
         batch_sh[k] = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(names, v.shape, mesh, rules))
 
     step = jit_train_step(make_train_step(graphdef, tx, spec.loss_fn, schedule), state_sh, frozen_sh, batch_sh)
-    from vlm3r_jax.layers.attention import target_platform
 
     # attention_impl="auto" must resolve for the target devices, not for this (CPU) host
     with sharding.use_mesh(mesh, rules), target_platform(devices[0].platform):

@@ -6,19 +6,25 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import ml_collections
 from flax import nnx
 
 from data_pipeline.pipeline import PipelineConfig, make_iterator
 from data_pipeline.sources import make_source
 from data_pipeline.tokenizer import QwenTokenizer
+from vlm3r_jax.convert import vlm3r_ours
+from vlm3r_jax.convert.vlm3r_release import load_release
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 from vlm3r_jax.models.fusion import FusionConfig
 from vlm3r_jax.models.lora import LoRAConfig
 from vlm3r_jax.models.projector import ProjectorConfig
 from vlm3r_jax.models.qwen2 import Qwen2Config
 from vlm3r_jax.models.siglip import SiglipVisionConfig
-from vlm3r_jax.models.vlm3r import LLM_LORA_TARGETS, VLM3R, VLM3RConfig, vlm3r_loss
+from vlm3r_jax.models.vlm3r import LLM_LORA_TARGETS, VLM3R, VLM3RConfig
+from vlm3r_jax.train import loop
+from vlm3r_jax.train.init import FROM_SCRATCH_MODULES, reinit_normal
+from vlm3r_jax.train.step import next_token_xent
 
 
 def _fields(section: Any, cls: type, where: str) -> dict:
@@ -59,15 +65,13 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, Qwe
     m = cfg.model
     init = m.init
     if init == "release":
-        from vlm3r_jax.convert.vlm3r_release import load_release
 
         vcfg, model, info = load_release(m.release_lora or None, m.release_base, m.release_geometry or None,
                                          keep_lora=bool(m.lora.get("enabled", False)))
         return vcfg, model, QwenTokenizer.from_dir(info["tokenizer_dir"])
     if init != "random":
-        from vlm3r_jax.convert.vlm3r_ours import load_ours
 
-        vcfg, model = load_ours(init)
+        vcfg, model = vlm3r_ours.load_ours(init)
         return vcfg, model, QwenTokenizer.from_dir(init)
     tok_dir = cfg.data.tokenizer_dir
     if not tok_dir:
@@ -77,7 +81,6 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, Qwe
     model = VLM3R(vcfg, rngs=nnx.Rngs(params=m.seed, dropout=m.seed + 1))
     std = float(m.get("initializer_range", 0.0))
     if std > 0:  # from scratch: one weight scale for text embeddings and video tokens (train/init.py)
-        from vlm3r_jax.train.init import FROM_SCRATCH_MODULES, reinit_normal
 
         reinit_normal(model, std, tuple(m.get("initializer_modules", FROM_SCRATCH_MODULES)), seed=m.seed)
     return vcfg, model, tok
@@ -103,6 +106,13 @@ def train_iterator(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, tok: QwenT
     return make_iterator(source, tok, pipeline_config(cfg, vcfg, "train"))
 
 
+def vlm3r_loss(model: VLM3R, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Train-step loss: next-token cross-entropy on answer tokens (labels != -100)."""
+    logits, sp = model(batch["input_ids"], batch.get("frames"), attention_mask=batch.get("attention_mask"),
+                       labels=batch["labels"], geometry_tokens=batch.get("geometry_tokens"))
+    return next_token_xent(logits, sp["labels"])
+
+
 def flops_per_token(vcfg: VLM3RConfig) -> float:
     """6 * trainable-path LLM params per token (forward + backward), the usual MFU convention."""
     c = vcfg.llm
@@ -122,13 +132,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
 
     Returns ``(result, model_dir)``. After a SIGTERM (``result.preempted``) ``model_dir`` is None:
     the checkpoint holds the run, and a preemption grace period is too short to export a large model."""
-    from vlm3r_jax.convert.vlm3r_ours import save_ours
-    from vlm3r_jax.train.loop import train
 
     vcfg, model, tok = build_model(cfg)
     it = train_iterator(cfg, vcfg, tok)
     try:
-        result = train(cfg, workdir, model, vlm3r_loss, it, flops_per_token=flops_per_token(vcfg),
+        result = loop.train(cfg, workdir, model, vlm3r_loss, it, flops_per_token=flops_per_token(vcfg),
                        peak_flops=cfg.train.get("peak_flops", None), eval_hook=eval_hook, progress=progress)
     finally:
         it.close()
@@ -137,5 +145,5 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
     trained = nnx.merge(result.graphdef, result.state.params, result.frozen)
     trained.eval()
     out = os.path.join(workdir, "model")
-    save_ours(out, vcfg, trained, tok, num_frames=cfg.data.num_frames)
+    vlm3r_ours.save_ours(out, vcfg, trained, tok, num_frames=cfg.data.num_frames)
     return result, out

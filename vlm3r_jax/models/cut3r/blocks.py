@@ -16,13 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlm3r_jax.layers import LayerNorm, Linear, dot_product_attention
+from vlm3r_jax.layers.activations import gelu_exact
 from vlm3r_jax.models.cut3r.rope2d import apply_rope2d
 from vlm3r_jax.sharding import constrain
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    """PyTorch ``nn.GELU()``: the exact erf form (not jax's tanh default)."""
-    return jax.nn.gelu(x, approximate=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +43,7 @@ class Mlp(nnx.Module):
         self.fc2 = Linear(hidden, out or dim, axes=("mlp", "embed"), param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = gelu(self.fc1(x))
+        h = gelu_exact(self.fc1(x))
         h = constrain(h, ("batch", "length", "act_mlp"))
         return _residual(self.fc2(h))
 

@@ -21,6 +21,7 @@ from vlm3r_jax.models.cut3r.encoder import Cut3rEncoder
 from vlm3r_jax.models.cut3r.heads import DPTPts3dPose
 from vlm3r_jax.models.cut3r.pose_retriever import PoseRetriever
 from vlm3r_jax.models.cut3r.rope2d import state_positions
+from vlm3r_jax.models.host_init import fill_random
 from vlm3r_jax.sharding import constrain
 
 
@@ -207,7 +208,6 @@ def init_cut3r(cfg: Cut3rConfig, seed: int = 0) -> Cut3r:
     """Randomly initialised model with parameters drawn on the host
     (:func:`vlm3r_jax.models.host_init.fill_random`: kernels ~ N(0, 1/fan_in), norms = 1, biases = 0,
     learned tokens ~ N(0, 0.02^2), memory slots 0.2 as the reference)."""
-    from vlm3r_jax.models.host_init import fill_random
 
     return fill_random(abstract_cut3r(cfg), seed)
 

@@ -1,8 +1,17 @@
-"""Blind baselines for the generated evaluation split: chance and answer prior.
+"""Blind baselines: predictions that never look at the video. Every baseline lives here.
 
-Both produce *prediction strings* (what a model would answer) for VSI-Bench / VSTI-Bench
-layout records; scoring is the evaluation module's job (``vlm3r_jax.eval.vsibench.score`` /
-``vstibench.score``), passed in as ``score_fn``.
+Two families, kept apart because they answer different questions and both have published
+numbers (docs/evaluation.md, docs/demo.md):
+
+**Predictors** (``predict_fn`` for :func:`vlm3r_jax.eval.runner.run_eval`, ``launch.eval
+--config.predictor=chance|prior``), fitted on benchmark-format records:
+- :func:`chance_predictor`: a uniformly random option letter per record id; "" for numeric questions.
+- :func:`prior_predictor`: per question type the most frequent answer letter or the mean answer
+  (on the test records this is VSI-Bench's "chance level (frequency)").
+
+**Dataset baselines** (``data_pipeline.make_dataset(..., baselines=run_baselines)``), fitted on a
+generated *train* split's raw QA items, which know each option's text; they produce *prediction
+strings* for VSI-Bench / VSTI-Bench layout records, scored by ``score_fns`` when given:
 
 - chance: a uniformly random option letter (MC); for numeric questions a random draw from
   the training answers of that question type (a blind guess at the right scale).
@@ -21,13 +30,82 @@ from __future__ import annotations
 
 import re
 import statistics
+import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from data_pipeline.engine.formats import VSI_EVAL_NAME, VSTI_EVAL_NAME, is_numeric
+from vlm3r_jax.eval import metrics, prompts, tasks
+from vlm3r_jax.eval.runner import PredictFn
+from vlm3r_jax.eval.scorers import SCORE_FNS, SCORERS
 
+
+# --- predictors over benchmark-format records --------------------------------------------------
+def _stable_int(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def chance_predictor(seed: int = 0, benchmark: str = "vsibench") -> PredictFn:
+    """Uniform random option letter for MC questions, seeded per (seed, record id) so the answer
+    does not depend on batching or resuming. NA questions get "" (chance is undefined there, the
+    table shows "–"; VSI-Bench's own chance row has no NA values either)."""
+
+    def predict(batch: list[dict[str, Any]]) -> list[str]:
+        out = []
+        for rec in batch:
+            letters = prompts.option_letters(rec)
+            if letters and tasks.is_multiple_choice(rec["question_type"], benchmark):
+                rng = np.random.default_rng([seed, _stable_int(str(rec["id"]))])
+                out.append(letters[int(rng.integers(len(letters)))])
+            else:
+                out.append("")
+        return out
+
+    predict.na_defined = False  # type: ignore[attr-defined]
+    predict.name = "chance"  # type: ignore[attr-defined]
+    return predict
+
+
+def prior_predictor(fit_records: Sequence[Mapping[str, Any]], benchmark: str = "vsibench") -> PredictFn:
+    """Blind prior: per question type, the most frequent answer letter (MC; ties -> first in
+    alphabetical order) or the mean ground truth (NA), fitted on ``fit_records`` (the test records
+    give VSI-Bench's "chance level (frequency)"; pass training records for a fair prior)."""
+    scorer = SCORERS[tasks.check_benchmark(benchmark)]
+    letters: dict[str, Counter] = {}
+    values: dict[str, list[float]] = {}
+    for i, rec in enumerate(fit_records):
+        if rec.get("_malformed") or rec.get("question_type") not in tasks.mc_types(benchmark) + tasks.na_types(
+            benchmark
+        ):
+            continue
+        answer = scorer.answer_of(rec, i)
+        if tasks.is_multiple_choice(rec["question_type"], benchmark):
+            letters.setdefault(rec["question_type"], Counter())[str(answer).strip().upper()] += 1
+        elif (v := metrics.to_float(answer)) is not None:
+            values.setdefault(rec["question_type"], []).append(v)
+    best = {qt: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for qt, c in letters.items()}
+    means = {qt: metrics.mean(v) for qt, v in values.items()}
+
+    def predict(batch: list[dict[str, Any]]) -> list[str]:
+        out = []
+        for rec in batch:
+            qt = rec["question_type"]
+            if qt in best:
+                out.append(best[qt])
+            elif qt in means:
+                out.append(f"{means[qt]:.4g}")
+            else:
+                out.append("")
+        return out
+
+    predict.name = "prior"  # type: ignore[attr-defined]
+    return predict
+
+
+# --- dataset baselines over raw QA items ---------------------------------------------------------
 _NAMES = {"vsibench": VSI_EVAL_NAME, "vstibench": VSTI_EVAL_NAME}
 
 
@@ -173,10 +251,7 @@ def run_baselines(train_items: list[dict], records: dict[str, list[dict]], seed:
     return out
 
 
-def default_score_fns() -> dict[str, Callable]:
-    """The project scorer when it is installed on this branch, else {} (predictions only)."""
-    try:
-        from vlm3r_jax.eval import vsibench, vstibench  # noqa: PLC0415 - optional, written in parallel
-    except ImportError:
-        return {}
-    return {"vsibench": vsibench.score, "vstibench": vstibench.score}
+def dataset_baselines(train_items: list[dict], records: dict[str, list[dict]], seed: int = 0) -> dict:
+    """:func:`run_baselines` scored with the project scorers: what ``launch.make_dataset`` and
+    the demo hand to :func:`data_pipeline.make_dataset.make_dataset`."""
+    return run_baselines(train_items, records, seed=seed, score_fns=SCORE_FNS)

@@ -1,0 +1,99 @@
+"""The per-sample JSONL of an evaluation run, and what produced it.
+
+``samples.jsonl`` gets one line per answered record, written by :class:`Appender` with a single
+``write`` on an O_APPEND descriptor (then fsync), so a crash loses at most the batch in flight;
+:func:`read_samples` drops (and cuts) a torn last line. ``run_identity.json`` records the
+predictor and checkpoint; :func:`stale_reason` refuses to resume another run's samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+IDENTITY_FILE = "run_identity.json"
+
+
+def stale_reason(workdir: str, identity: Mapping[str, Any], done: Mapping[str, dict]) -> str | None:
+    """Why the samples already in ``workdir`` cannot be resumed by this run (None: they can)."""
+    if not done:
+        return None
+    others = {d.get("predictor") for d in done.values()} - {identity["predictor"]}
+    if others:
+        return f"its samples came from predictor {sorted(map(str, others))}, not {identity['predictor']!r}"
+    path = os.path.join(workdir, IDENTITY_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                before = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return f"{path} is unreadable"
+        changed = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
+        if changed:
+            return f"the run that wrote its samples differs in {changed} (e.g. the checkpoint was trained further)"
+    return None
+
+
+def read_samples(path: str, repair: bool = True) -> dict[str, dict[str, Any]]:
+    """id -> latest line of a per-sample JSONL. A torn final line (crash mid-write) is dropped and,
+    with ``repair``, cut from the file so appends continue on a clean line."""
+    out: dict[str, dict[str, Any]] = {}
+    if not os.path.exists(path):
+        return out
+    with open(path, "rb") as f:
+        data = f.read()
+    good_end = 0
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break  # no newline: torn last line
+        line = data[pos:nl]
+        pos = nl + 1
+        if not line.strip():
+            good_end = pos
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}: corrupt line at byte {pos - len(line) - 1} ({e.msg}); delete that line to resume"
+            ) from e
+        out[str(rec["id"])] = rec
+        good_end = pos
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return out
+
+
+class Appender:
+    """Appends whole lines with one ``os.write`` each on an O_APPEND descriptor (+ fsync)."""
+
+    def __init__(self, path: str, fsync: bool = True):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.fsync = fsync
+
+    def write(self, obj: Mapping[str, Any]) -> None:
+        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        written = os.write(self.fd, data)
+        if written != len(data):  # pragma: no cover - only on a full disk
+            raise OSError(f"short write to samples.jsonl ({written}/{len(data)} bytes)")
+        if self.fsync:
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class NullAppender:
+    """What non-writer processes of a multi-host run use."""
+
+    def write(self, obj: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
