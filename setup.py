@@ -19,6 +19,8 @@ RUNTIME = [
     "matplotlib>=3.8",
     "pillow>=10",
     "absl-py>=2",
+    # Hub repo ids as checkpoint paths (vlm3r_jax/convert/hub.py); 2.x's errors and HTTP client
+    "huggingface_hub>=2,<3",
 ]
 
 EXTRAS = {

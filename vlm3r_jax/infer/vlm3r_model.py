@@ -85,7 +85,11 @@ class VLM3RModel:
         LoRA dir (``adapter_config.json`` + adapter weights + ``non_lora_trainables.bin`` +
         ``config.json``) together with ``base`` (LLaVA-Video-Qwen2 dir) and ``geometry`` (CUT3R .pth).
         ``num_frames``: frames sampled per video by ``answer``/``chat``; None = the count our
-        checkpoint was trained with (recorded by the trainer), else 32 as the release."""
+        checkpoint was trained with (recorded by the trainer), else 32 as the release. Each of
+        ``path``, ``base``, ``geometry`` may be a Hub repo id (``org/name[@revision]``)."""
+        from vlm3r_jax.convert.hub import resolve_vlm3r
+
+        path, base, geometry = resolve_vlm3r(path, base, geometry)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model directory does not exist: {path}")
         if num_frames is None:

@@ -65,8 +65,10 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, Qwe
                                          keep_lora=bool(m.lora.get("enabled", False)))
         return vcfg, model, QwenTokenizer.from_dir(info["tokenizer_dir"])
     if init != "random":
+        from vlm3r_jax.convert.hub import VLM3R_FILES, resolve
         from vlm3r_jax.convert.vlm3r_ours import load_ours
 
+        init = resolve(init, VLM3R_FILES, what="model.init")
         vcfg, model = load_ours(init)
         return vcfg, model, QwenTokenizer.from_dir(init)
     tok_dir = cfg.data.tokenizer_dir
