@@ -10,7 +10,6 @@ RUNTIME = [
     "grain>=0.2.18",
     "ml-collections>=1.1.0",
     "einops>=0.8",
-    "clu>=0.0.12",
     "safetensors>=0.4",
     "tokenizers>=0.19",
     "av>=12",
@@ -19,6 +18,10 @@ RUNTIME = [
     "matplotlib>=3.8",
     "pillow>=10",
     "absl-py>=2",
+    # Hub repo ids as checkpoint paths (vlm3r_jax/convert/hub.py); 2.x's errors and HTTP client
+    "huggingface_hub>=2,<3",
+    # TensorBoard event files without TensorFlow (vlm3r_jax/train/metrics.py); ~90 kB, needs protobuf
+    "tensorboardX>=2.6",
 ]
 
 EXTRAS = {
@@ -38,8 +41,8 @@ EXTRAS = {
     "notebook": ["jupyterlab>=4"],
     # TFDS builders (data_pipeline/tfds_builders.py): ~25 s / ~210 MB to install; no TensorFlow needed.
     "tfds": ["tensorflow-datasets>=4.9.6", "importlib_resources>=6"],
-    # clu's TensorBoard writer needs TensorFlow; without it metrics go to console + metrics.jsonl.
-    "tensorboard": ["tensorflow-cpu>=2.16"],
+    # the TensorBoard viewer (`tensorboard --logdir WORKDIR`); writing events needs only tensorboardX
+    "tensorboard": ["tensorboard>=2.16"],
     # AOT-compile for TPU topologies on a CPU host (launch/aot_compile.py); the version jax 0.10.2 pins.
     "tpu-aot": ["libtpu==0.0.42.*"],
     "gpu": ["jax[cuda12]>=0.10.2"],

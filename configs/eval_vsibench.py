@@ -22,8 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.limit = 0  # > 0: only the first N records (smoke runs)
 
     # Model. Empty checkpoint -> a baseline predictor runs instead (see `predictor`).
-    c.checkpoint = ""
-    c.base = ""  # LLaVA-Video-Qwen2 base dir, for released-format LoRA checkpoints
+    c.checkpoint = ""  # our dir, a released LoRA dir, or a Hub id (Journey9ni/vlm-3r-llava-qwen2-lora[@rev])
+    c.base = ""  # LLaVA-Video-Qwen2 base dir or Hub id (lmms-lab/LLaVA-NeXT-Video-7B-Qwen2), released LoRA only
     c.geometry = ""  # CUT3R .pth, for released-format checkpoints
     c.dtype = ""  # forwarded to api.load_vlm3r when set
     c.predictor = ""  # "" = "model" when checkpoint is set else "chance"; or "chance" | "prior" | "model"

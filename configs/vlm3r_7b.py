@@ -7,8 +7,10 @@ fusion (18 heads); mlp2x_gelu projector; 2x2 bilinear pool + newline per row (21
 Training: LoRA r=128 alpha=256 dropout 0.05 on every LLM Linear + fusion + projector, AdamW lr 2e-5,
 3% warmup, cosine, weight decay 0, clip 1.0, global batch 128, 32 frames, bf16 compute.
 
-To start from the released weights: ``--config.model.init=release --config.model.release_lora=DIR
---config.model.release_base=DIR --config.model.release_geometry=cut3r_512_dpt_4_64.pth``.
+To start from the released weights: ``--config.model.init=release
+--config.model.release_lora=Journey9ni/vlm-3r-llava-qwen2-lora
+--config.model.release_base=lmms-lab/LLaVA-NeXT-Video-7B-Qwen2
+--config.model.release_geometry=cut3r_512_dpt_4_64.pth`` (dirs or Hub ids; the CUT3R file is local).
 """
 
 from __future__ import annotations

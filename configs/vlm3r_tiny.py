@@ -16,9 +16,9 @@ from vlm3r_jax.train.init import FROM_SCRATCH_MODULES
 
 def model_config() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
-    m.init = "random"  # "random" | a vlm3r_jax checkpoint dir | "release" (see release_*)
-    m.release_lora = ""
-    m.release_base = ""
+    m.init = "random"  # "random" | a vlm3r_jax checkpoint dir or Hub id | "release" (see release_*)
+    m.release_lora = ""  # dir or Hub id (org/name[@revision]), e.g. Journey9ni/vlm-3r-llava-qwen2-lora
+    m.release_base = ""  # dir or Hub id, e.g. lmms-lab/LLaVA-NeXT-Video-7B-Qwen2
     m.release_geometry = ""
     m.seed = 0
     # init=random only: > 0 redraws the Linear/Embedding weights of these modules from N(0, range),

@@ -161,7 +161,10 @@ def run_identity(cfg: Any) -> dict:
                                      "mc_post_prompt", "na_post_prompt", "prior_records")}
     ident["predictor_kind"] = cfg.get("predictor")
     if cfg.checkpoint:
-        ident.update(checkpoint=os.path.abspath(cfg.checkpoint), weights=_fingerprint(cfg.checkpoint))
+        from vlm3r_jax.convert import hub
+
+        ckpt = hub.resolve(cfg.checkpoint, hub.VLM3R_FILES)  # a Hub id: its snapshot (commit) folder
+        ident.update(checkpoint=os.path.abspath(ckpt), weights=_fingerprint(ckpt))
     return ident
 
 

@@ -112,7 +112,10 @@ def extract(config, videos: str, out: str, limit: int = 0, overwrite: bool = Fal
     print(f"{len(todo)} videos, {len(todo) - len(pending)} already done, {len(pending)} to extract", file=sys.stderr)
     if not pending:
         return []
-    geo = Cut3rGeometry.from_pretrained(config.checkpoint, dtype=config.dtype.compute_dtype)
+    from vlm3r_jax.convert import hub
+
+    ckpt = hub.resolve(config.checkpoint, hub.CUT3R_FILES, what="CUT3R checkpoint")
+    geo = Cut3rGeometry.from_pretrained(ckpt, dtype=config.dtype.compute_dtype)
     written = []
     for rel in tqdm(pending, desc="CUT3R features", unit="video"):
         frames = read_frames(os.path.join(videos, rel), ex.num_frames)

@@ -5,7 +5,8 @@
 
 ``--checkpoint`` is a directory written by our trainer (``vlm3r_config.json``) or a released
 VLM-3R LoRA directory; for the latter also pass ``--base`` (the LLaVA-Video-Qwen2 directory) and
-``--geometry`` (the CUT3R ``.pth``). ``--viz`` saves a picture of CUT3R's reconstruction (point
+``--geometry`` (the CUT3R ``.pth``). Checkpoint and base may be Hub repo ids
+(``Journey9ni/vlm-3r-llava-qwen2-lora``, ``lmms-lab/LLaVA-NeXT-Video-7B-Qwen2``, ``@revision`` pins one). ``--viz`` saves a picture of CUT3R's reconstruction (point
 cloud from above and in perspective, camera path with frame numbers, the frames) with the
 question and answer as its caption. ``--question`` may be given several times: the questions
 become one conversation over the same video (the video is encoded once).
@@ -27,8 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Example: python -m launch.infer --checkpoint runs/demo/model --video runs/demo/data/"
                "synthetic/scene_0000.mp4 --question 'How many chairs are in the room?' --viz answer.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="our checkpoint dir, or a released VLM-3R LoRA dir")
-    p.add_argument("--base", default=None, help="released layout only: the LLaVA-Video-Qwen2 base dir")
+    p.add_argument("--checkpoint", required=True,
+                   help="our checkpoint dir, or a released VLM-3R LoRA dir; either may be a Hub repo id org/name[@rev]")
+    p.add_argument("--base", default=None, help="released layout only: the LLaVA-Video-Qwen2 base dir or Hub repo id")
     p.add_argument("--geometry", default=None, help="released layout only: the CUT3R .pth checkpoint")
     p.add_argument("--video", required=True, help="a video file (mp4, ...) or a directory of frame images")
     p.add_argument("--question", required=True, action="append",
@@ -61,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not os.path.exists(args.video):
         return _fail(f"video not found: {args.video} (give a video file or a directory of frames)")
-    if not os.path.isdir(args.checkpoint):
-        return _fail(f"checkpoint directory not found: {args.checkpoint}")
+    from vlm3r_jax.convert.hub import parse_repo_id
+
+    if not os.path.isdir(args.checkpoint) and parse_repo_id(args.checkpoint) is None:
+        return _fail(f"checkpoint directory not found: {args.checkpoint} (give a directory or a Hub repo id org/name)")
     if args.viz and not os.path.isdir(os.path.dirname(os.path.abspath(args.viz))):
         return _fail(f"--viz {args.viz}: the folder {os.path.dirname(os.path.abspath(args.viz))} does not exist")
     if any(not q.strip() for q in args.question):

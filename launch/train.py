@@ -3,8 +3,8 @@
 Resumes from the latest checkpoint in ``DIR/checkpoints`` when there is one (params, optimizer,
 step, RNG and the data iterator position). On SIGTERM it writes a checkpoint and exits with status
 143 (as if killed by the signal, so a scheduler re-runs it) without exporting the model; a
-non-finite loss stops the run with the last good checkpoint kept. Metrics go to ``DIR/metrics.jsonl``
-(and TensorBoard when available); the trained model is exported to ``DIR/model`` (load it with
+non-finite loss stops the run with the last good checkpoint kept. Metrics go to ``DIR/metrics.jsonl``,
+the console and TensorBoard event files in ``DIR``; the trained model is exported to ``DIR/model`` (load it with
 ``vlm3r_jax.api.load_vlm3r``).
 
 Configs: configs/demo_tiny.py (CPU demo), configs/vlm3r_7b.py (released shapes + paper recipe).

@@ -8,6 +8,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Parity tests compare float32 against float32 references; keep XLA's matmuls exact.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+# Tests never reach the real Hugging Face Hub (a released config names its SigLIP tower by Hub id);
+# tests/test_hub.py turns this off for its local stand-in server.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import importlib.util  # noqa: E402
 

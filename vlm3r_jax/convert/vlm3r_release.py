@@ -25,6 +25,7 @@ from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.fusion_ckpt import reference_mapping
 from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE, hf_name_map, load_mapping
 from vlm3r_jax.convert.hf_siglip import load_siglip_state
+from vlm3r_jax.convert.hub import CONFIG_FILES, HubError, resolve, resolve_vlm3r
 from vlm3r_jax.convert.llava_projector import projector_mapping
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir
 from vlm3r_jax.convert.sources import DictSource, OverlaySource, TensorSource
@@ -122,9 +123,10 @@ def resolve_vision_config(cfg_json: dict, base_dir: str, search_dirs: list[str],
                           vision_config: str | dict | None = None) -> dict:
     """The SigLIP tower's HF config. The released base names its tower by hub id
     (``mm_vision_tower``) only; we look, in order, at: the ``vision_config`` argument, a
-    ``vision_config`` dict inside the model config, the local Hugging Face cache for that hub
-    id, SigLIP configs in directories next to the checkpoint, and finally a table of known
-    towers keyed by the width read from the weights."""
+    ``vision_config`` dict inside the model config, that hub id's ``config.json`` (a local dir, the
+    Hugging Face cache, or a download: :mod:`vlm3r_jax.convert.hub`), SigLIP configs in directories
+    next to the checkpoint, and finally a table of known towers keyed by the width read from the
+    weights."""
     if isinstance(vision_config, dict):
         return vision_config
     if isinstance(vision_config, str):
@@ -135,12 +137,12 @@ def resolve_vision_config(cfg_json: dict, base_dir: str, search_dirs: list[str],
     hub_id = cfg_json.get("mm_vision_tower")
     candidates = []
     if hub_id:
-        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-            os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
-        candidates += glob.glob(os.path.join(cache, "models--" + hub_id.replace("/", "--"), "snapshots", "*",
-                                             "config.json"))
-        if os.path.isdir(hub_id):
-            candidates.append(os.path.join(hub_id, "config.json"))
+        try:  # the tower's config.json only: a local dir, the Hub cache, or a download
+            tower = resolve(hub_id, CONFIG_FILES, what="SigLIP tower (mm_vision_tower)")
+            if os.path.isdir(tower):
+                candidates.append(os.path.join(tower, "config.json"))
+        except HubError as e:
+            log.info("%s; looking next to the checkpoint instead", e)
     for d in search_dirs:
         candidates += glob.glob(os.path.join(os.path.dirname(os.path.abspath(d)), "*", "config.json"))
     for c in candidates:
@@ -158,8 +160,8 @@ def resolve_vision_config(cfg_json: dict, base_dir: str, search_dirs: list[str],
         return dict(model_type="siglip_vision_model", hidden_size=width, patch_size=patch,
                     image_size=int(round(n_pos ** 0.5)) * patch, intermediate_size=inter, **_KNOWN_SIGLIP[width])
     raise CheckpointError(
-        f"cannot determine the SigLIP config (width {width}) for {base_dir}: mm_vision_tower={hub_id!r} is not in "
-        "the local Hugging Face cache and no SigLIP config.json was found next to the checkpoint. Pass "
+        f"cannot determine the SigLIP config (width {width}) for {base_dir}: mm_vision_tower={hub_id!r} is neither "
+        "on the Hub nor in the local Hugging Face cache and no SigLIP config.json was found next to the checkpoint. Pass "
         "vision_config=<dir or config.json of the SigLIP tower>."
     )
 
@@ -176,6 +178,7 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     """VLM3RConfig for a released checkpoint; returns (config, info) where info holds the
     sources and facts the loader needs."""
 
+    lora_dir, base_dir, geometry = resolve_vlm3r(lora_dir, base_dir, geometry)
     if not os.path.isdir(base_dir):
         raise FileNotFoundError(f"base model directory does not exist: {base_dir}")
     cfg_dir = lora_dir or base_dir
@@ -314,6 +317,7 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
     Returns ``(config, model, info)``.
     """
 
+    lora_dir, base_dir, geometry = resolve_vlm3r(lora_dir, base_dir, geometry)
     cfg, info = build_release_config(lora_dir, base_dir, geometry, dtype=dtype, vision_config=vision_config,
                                      keep_lora=keep_lora, attention_impl=attention_impl)
     base: SafetensorsDir = info["base"]

@@ -24,6 +24,7 @@ from data_pipeline.chat_template import TemplateConfig
 from data_pipeline.image_preprocess import siglip_preprocess_np
 from data_pipeline.tokenizer import QwenTokenizer
 from data_pipeline.video import load_video, sample_indices
+from vlm3r_jax.convert.hub import resolve_vlm3r
 from vlm3r_jax.convert.vlm3r_export import export, find_geometry
 from vlm3r_jax.convert.vlm3r_ours import load_ours, read_num_frames, save_ours
 from vlm3r_jax.convert.vlm3r_release import load_release
@@ -74,7 +75,10 @@ class VLM3RModel:
         LoRA dir (``adapter_config.json`` + adapter weights + ``non_lora_trainables.bin`` +
         ``config.json``) together with ``base`` (LLaVA-Video-Qwen2 dir) and ``geometry`` (CUT3R .pth).
         ``num_frames``: frames sampled per video by ``answer``/``chat``; None = the count our
-        checkpoint was trained with (recorded by the trainer), else 32 as the release."""
+        checkpoint was trained with (recorded by the trainer), else 32 as the release. Each of
+        ``path``, ``base``, ``geometry`` may be a Hub repo id (``org/name[@revision]``)."""
+
+        path, base, geometry = resolve_vlm3r(path, base, geometry)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model directory does not exist: {path}")
         if num_frames is None:

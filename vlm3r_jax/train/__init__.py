@@ -1,1 +1,1 @@
-"""Train state, step, loop, optimizer, Orbax checkpointing and clu metrics."""
+"""Train state, step, loop, optimizer, Orbax checkpointing and metrics (JSONL, console, TensorBoard)."""

@@ -1,12 +1,16 @@
-"""Metric writers: clu's (TensorBoard + console) when its TensorFlow dependency is installed,
-otherwise console + ``metrics.jsonl``. The JSONL file is always written, so loss curves can be
-plotted without TensorBoard (the demo does this)."""
+"""Metric writers: ``metrics.jsonl`` (always: the demo plots from it), the console, and TensorBoard
+event files in the work dir through ``tensorboardX`` (pure Python, no TensorFlow). Every scalar the
+loop logs (loss, lr, grad_norm, step_time, data_wait, compute_time, tokens_per_s, mfu, eval/*)
+keeps its name as the TensorBoard tag. ``tensorboard --logdir WORKDIR`` shows them;
+:func:`read_tensorboard` reads them back without TensorBoard."""
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,18 +65,53 @@ class MultiWriter:
             w.close()
 
 
+class TensorBoardWriter:
+    """Scalars as TensorBoard events (``events.out.tfevents.*`` in ``logdir``)."""
+
+    def __init__(self, logdir: str):
+        from tensorboardX import SummaryWriter
+
+        self._w = SummaryWriter(logdir=logdir, flush_secs=30)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        for k, v in scalars.items():
+            self._w.add_scalar(k, float(np.asarray(v)), global_step=int(step))
+
+    def flush(self) -> None:
+        self._w.flush()
+
+    def close(self) -> None:
+        self._w.close()
+
+
 def create_writer(workdir: str, *, tensorboard: bool = True) -> MultiWriter:
-    writers: list[Any] = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
+    writers: list[Any] = [JsonlWriter(os.path.join(workdir, "metrics.jsonl")), ConsoleWriter()]
     if tensorboard:
         try:
-            from clu import metric_writers  # needs tensorflow for its summary writer
-
-            writers.append(metric_writers.create_default_writer(workdir))
-            return MultiWriter(writers)
-        except ImportError:
-            log.info("TensorBoard writer unavailable (pip install -e '.[tensorboard]'); logging to console")
-    writers.append(ConsoleWriter())
+            writers.append(TensorBoardWriter(workdir))
+        except ImportError:  # a runtime dependency, but a trimmed install should still train
+            log.warning("tensorboardX is not installed (pip install tensorboardX): no TensorBoard events")
     return MultiWriter(writers)
+
+
+def read_tensorboard(workdir: str) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} from the event files in ``workdir``, in write order. Reads the
+    TFRecord framing (length, its CRC, payload, payload CRC; CRCs not checked) and parses each
+    payload with tensorboardX's ``Event`` proto."""
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((int(event.step), float(v.simple_value)))
+    return out
 
 
 def read_metrics(workdir: str) -> list[dict]:

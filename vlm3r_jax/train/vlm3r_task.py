@@ -14,6 +14,7 @@ from data_pipeline.pipeline import PipelineConfig, make_iterator
 from data_pipeline.sources import make_source
 from data_pipeline.tokenizer import QwenTokenizer
 from vlm3r_jax.convert import vlm3r_ours
+from vlm3r_jax.convert.hub import VLM3R_FILES, resolve
 from vlm3r_jax.convert.vlm3r_release import load_release
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 from vlm3r_jax.models.fusion import FusionConfig
@@ -70,7 +71,7 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, Qwe
                                          keep_lora=bool(m.lora.get("enabled", False)))
         return vcfg, model, QwenTokenizer.from_dir(info["tokenizer_dir"])
     if init != "random":
-
+        init = resolve(init, VLM3R_FILES, what="model.init")
         vcfg, model = vlm3r_ours.load_ours(init)
         return vcfg, model, QwenTokenizer.from_dir(init)
     tok_dir = cfg.data.tokenizer_dir

@@ -1,0 +1,24 @@
+"""Training writes TensorBoard events without TensorFlow (tensorboardX): a tiny run's event file
+reads back with the loop's scalars, the same values as metrics.jsonl."""
+
+import grain
+import pytest
+from flax import nnx
+from toy_train import ToyLM, config, loss_fn, make_batch
+
+from vlm3r_jax.train.loop import train
+from vlm3r_jax.train.metrics import read_metrics, read_tensorboard
+
+
+def test_tiny_run_writes_tensorboard_scalars(tmp_path):
+    cfg = config(3)
+    cfg.train.tensorboard = True
+    cfg.mesh.shape = {"data": 1}
+    it = iter(grain.MapDataset.range(100).map(make_batch).to_iter_dataset())
+    train(cfg, str(tmp_path), ToyLM(nnx.Rngs(0)), loss_fn, it, flops_per_token=1e3, peak_flops=1e12, progress=False)
+    events = read_tensorboard(str(tmp_path))
+    for tag in ("loss", "lr", "grad_norm", "step_time", "data_wait", "mfu"):
+        assert [s for s, _ in events[tag]] == [1, 2, 3], tag
+    jsonl = [r for r in read_metrics(str(tmp_path)) if "loss" in r]
+    assert [v for _, v in events["loss"]] == pytest.approx([r["loss"] for r in jsonl], rel=1e-6)
+    assert all(v > 0 for _, v in events["mfu"])
