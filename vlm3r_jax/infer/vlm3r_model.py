@@ -53,7 +53,8 @@ def _is_llava_dir(path: str) -> bool:
         return False
     try:
         with open(cfg, encoding="utf-8") as f:
-            return json.load(f).get("model_type") == "llava_qwen"
+            d = json.load(f)
+        return isinstance(d, dict) and d.get("model_type") == "llava_qwen"
     except (OSError, ValueError):
         return False
 
