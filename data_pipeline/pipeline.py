@@ -35,6 +35,7 @@ from data_pipeline.sources import BadRecordError, is_error
 from data_pipeline.tokenizer import QwenTokenizer
 from data_pipeline.video import DecodedVideo, VideoError, load_video
 from data_pipeline.views import ViewConfig, make_views
+from data_pipeline.worker_lifetime import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +459,8 @@ def build_dataset(
     if cfg.worker_count > 0:
         _ensure_absl_flags()
         it = it.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size)
+            grain.MultiprocessingOptions(num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size),
+            worker_init_fn=exit_with_parent,
         )
     return it
 

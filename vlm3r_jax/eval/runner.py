@@ -354,9 +354,11 @@ def eval_iterator(
     )
     if worker_count > 0:
         from data_pipeline.pipeline import _ensure_absl_flags
+        from data_pipeline.worker_lifetime import exit_with_parent
 
         _ensure_absl_flags()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2),
+                            worker_init_fn=exit_with_parent)
     return iter(it)
 
 
