@@ -127,9 +127,11 @@ def train(
     saves_iter = hasattr(data_iter, "get_state")
     start = 0
     if ckpt.latest_step() is not None:
-        state = ckpt.restore(abstract_like(state), data_iter if saves_iter else None)
+        state, skipped = ckpt.restore_newest_good(abstract_like(state), data_iter if saves_iter else None)
         start = int(state.step)
         if distributed.is_lead_process():
+            for line in skipped:
+                tqdm.write(line, file=sys.stderr)
             tqdm.write(f"resumed from {ckpt.directory} at step {start}", file=sys.stderr)
 
     accum = int(tc.get("grad_accum_steps", 1))
