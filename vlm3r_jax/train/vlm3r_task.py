@@ -123,8 +123,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
     Returns ``(result, model_dir)``. After a SIGTERM (``result.preempted``) ``model_dir`` is None:
     the checkpoint holds the run, and a preemption grace period is too short to export a large model."""
     from vlm3r_jax.convert.vlm3r_ours import save_ours
-    from vlm3r_jax.train.loop import train
+    from vlm3r_jax.train.loop import ensure_workdir, train
 
+    ensure_workdir(workdir)  # before minutes of model and data setup
     vcfg, model, tok = build_model(cfg)
     it = train_iterator(cfg, vcfg, tok)
     try:
