@@ -277,7 +277,9 @@ class VLM3RModel:
                      placeholder_positions(ids[None], self.video_token_id), self.cfg.model_max_length, "error")
 
     def prompt_ids(self, question: str, with_video: bool = True) -> np.ndarray:
-        """The official single-turn prompt (``<image>\\n`` + question, qwen_1_5 template)."""
+        """The official single-turn prompt (``<image>\\n`` + question, qwen_1_5 template). Control
+        tokens typed in the question are read as text (``QwenTokenizer.escape_control``)."""
+        question = self.tokenizer.escape_control(question)
         conv = question_prompt(question) if with_video else [{"from": "human", "value": question}]
         return tokenize_prompt(self.tokenizer, conv, self.template, require_placeholder=with_video).input_ids
 
