@@ -32,6 +32,7 @@ from data_pipeline.batching import (  # noqa: F401 - the pipeline's public names
 from data_pipeline.examples import PrepareExample, decode_threads  # noqa: F401
 from data_pipeline.pipeline_config import TEXT_KEYS, PipelineConfig  # noqa: F401
 from data_pipeline.tokenizer import QwenTokenizer
+from data_pipeline.worker_lifetime import exit_with_parent
 from vlm3r_jax.sharding import DEFAULT_RULES, batch_sharding
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def build_dataset(
     if cfg.worker_count > 0:
         ensure_absl_flags()
         it = it.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size)
+            grain.MultiprocessingOptions(num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size),
+            worker_init_fn=exit_with_parent,
         )
     return it
 

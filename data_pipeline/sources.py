@@ -61,6 +61,18 @@ class BadRecordError(ValueError):
         return (type(self), (self.file, self.line, self.kind, self.message))
 
 
+def path_under_root(root: str, rel: str) -> str | None:
+    """``root/rel`` normalised, or None when ``rel`` is absolute or climbs out of ``root`` with
+    ``..``: an annotation file may only name videos inside its dataset (a record's
+    ``../../../../etc/passwd`` must not be opened). The check is on the path as written;
+    symlinks inside the dataset are the dataset owner's choice and are followed."""
+    if not rel or os.path.isabs(rel) or "\0" in rel:
+        return None
+    root = os.path.abspath(root)
+    full = os.path.normpath(os.path.join(root, rel))
+    return full if full == root or full.startswith(root.rstrip(os.sep) + os.sep) else None
+
+
 def is_error(record: dict) -> bool:
     return "error" in record
 
@@ -192,6 +204,13 @@ class _Source:
     def convert(self, item: dict, file: str, line: int) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _inside(self, rel: str, file: str, line: int) -> str:
+        path = path_under_root(self.video_root, rel)
+        if path is None:
+            raise BadRecordError(file, line, "bad_path", f"video path {rel!r} is not inside the video root "
+                                 f"{self.video_root}; records may only name files under it")
+        return path
+
     @staticmethod
     def _field(item: dict, name: str, typ: type | tuple, file: str, line: int) -> Any:
         if name not in item:
@@ -219,7 +238,7 @@ class LlavaJsonSource(_Source):
         answer = conv[-1]["value"] if conv[-1]["from"] == "gpt" else ""
         return {
             "id": str(item.get("id", f"{os.path.basename(file)}:{line}")),
-            "video": os.path.join(self.video_root, video),
+            "video": self._inside(video, file, line),
             "conversations": [{"from": t["from"], "value": t["value"]} for t in conv],
             "question_type": str(item.get("question_type", "")),
             "data_source": str(item.get("data_source", item.get("dataset", ""))),
@@ -275,7 +294,7 @@ class VsiBenchSource(_BenchSource):
     def video_path(self, item: dict, file: str, line: int) -> str:
         ds = self._field(item, "dataset", str, file, line)
         scene = self._field(item, "scene_name", str, file, line)
-        return os.path.join(self.video_root, ds, f"{scene}.mp4")
+        return self._inside(os.path.join(ds, f"{scene}.mp4"), file, line)
 
 
 class VstiBenchSource(_BenchSource):
@@ -288,10 +307,10 @@ class VstiBenchSource(_BenchSource):
 
     def video_path(self, item: dict, file: str, line: int) -> str:
         if isinstance(item.get("video_path"), str):
-            return os.path.join(self.video_root, item["video_path"])
+            return self._inside(item["video_path"], file, line)
         ds = self._field(item, "dataset", str, file, line)
         scene = self._field(item, "scene_name", str, file, line)
-        return os.path.join(self.video_root, ds, f"{scene}.mp4")
+        return self._inside(os.path.join(ds, f"{scene}.mp4"), file, line)
 
 
 SOURCES = {"llava": LlavaJsonSource, "vsibench": VsiBenchSource, "vstibench": VstiBenchSource}

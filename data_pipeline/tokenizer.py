@@ -98,6 +98,10 @@ class QwenTokenizer:
             for i, t in tokenizer.get_added_tokens_decoder().items()
             if getattr(t, "special", False)
         )
+        # every added token (control tokens and the like) plus the video placeholder, longest first
+        self._control_strings = sorted(
+            {str(getattr(t, "content", "")) for t in tokenizer.get_added_tokens_decoder().values()} | {self.image_token},
+            key=len, reverse=True)
 
     # --- loading -----------------------------------------------------------------------------
     @classmethod
@@ -144,6 +148,16 @@ class QwenTokenizer:
         """Plain text -> ids (special tokens written in the text are recognised; no bos/eos added).
         ``"<image>"`` is NOT special here; use :meth:`encode_with_placeholder` for prompts."""
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def escape_control(self, text: str) -> str:
+        """User text with each control-token string (``<|im_end|>``, ``<|im_start|>``, ``<image>``,
+        ...) broken by a WORD JOINER (U+2060) after its first character, so it is read as plain
+        text: a question cannot close its own turn and open an assistant or system turn, or add a
+        second video placeholder. Text without such strings is returned unchanged."""
+        for s in self._control_strings:
+            if s and s in text:
+                text = text.replace(s, s[0] + "\u2060" + s[1:])
+        return text
 
     def encode_with_placeholder(self, text: str) -> list[int]:
         """Reference ``tokenizer_image_token``: tokenize the chunks around each ``<image>`` and put

@@ -278,6 +278,8 @@ def _read_image(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow refuses to inflate it at all
+        raise VideoError(path, f"frame image is too large to decode safely ({e}); resize the frames") from e
     except (OSError, ValueError) as e:
         raise VideoError(path, f"cannot read frame image ({e})") from e
 

@@ -17,6 +17,7 @@ Exit codes: 0 answered, 2 bad input (missing/unreadable video or checkpoint, pro
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -47,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter/compute dtype")
     p.add_argument("--viz", default=None, metavar="OUT.png", help="save a picture of the reconstruction here")
     args = p.parse_args(argv)
+    for flag in ("temperature", "top_p", "repetition_penalty"):
+        v = getattr(args, flag)
+        if not math.isfinite(v) or v < 0:
+            p.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {v}")
     if args.frames is not None and args.frames < 1:
         p.error(f"--frames must be >= 1, got {args.frames}")
     if args.max_new_tokens < 1:
@@ -59,6 +64,23 @@ def _fail(msg: str) -> int:
     return 2
 
 
+_VIZ_EXTS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
+def _viz_problem(path: str) -> str | None:
+    """Why the picture could not be written at ``path`` (checked before minutes of work), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "is a directory; name the picture file, e.g. OUT.png"
+    if not path.lower().endswith(_VIZ_EXTS):
+        return f"the picture must be one of {', '.join(_VIZ_EXTS)}"
+    if not os.path.isdir(folder):
+        return f"the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "is not writable"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not os.path.exists(args.video):
@@ -67,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if not os.path.isdir(args.checkpoint) and parse_repo_id(args.checkpoint) is None:
         return _fail(f"checkpoint directory not found: {args.checkpoint} (give a directory or a Hub repo id org/name)")
-    if args.viz and not os.path.isdir(os.path.dirname(os.path.abspath(args.viz))):
-        return _fail(f"--viz {args.viz}: the folder {os.path.dirname(os.path.abspath(args.viz))} does not exist")
+    if args.viz and (msg := _viz_problem(args.viz)):
+        return _fail(f"--viz {args.viz}: {msg}")
     if any(not q.strip() for q in args.question):
         return _fail("--question is empty")
+    for q in args.question:
+        try:
+            q.encode("utf-8")
+        except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
+            return _fail(f"--question {q.encode('utf-8', 'replace').decode()!r} is not valid UTF-8 text")
 
     from data_pipeline.chat_template import ConversationError
     from data_pipeline.video import VideoError
@@ -86,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                     repetition_penalty=args.repetition_penalty, seed=args.seed)
     try:
+        model.check_frames(args.frames or model.num_frames)
         chat = model.chat(args.video, num_frames=args.frames)
         answers = []
         for q in args.question:
@@ -99,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         from vlm3r_jax.infer.viz import render_reconstruction
 
         rec = model.reconstruct(args.video, num_frames=args.frames)
-        render_reconstruction(rec, args.viz, question=" / ".join(args.question), answer=" / ".join(answers))
+        try:
+            render_reconstruction(rec, args.viz, question=" / ".join(args.question), answer=" / ".join(answers))
+        except OSError as e:  # e.g. the disk filled up or the folder went away during the run
+            return _fail(f"--viz {args.viz}: cannot write the picture ({e})")
         print(f"saved the reconstruction picture to {args.viz}", file=sys.stderr)
     return 0
 

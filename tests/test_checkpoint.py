@@ -57,3 +57,72 @@ def test_keep_last_k_and_interrupted_write_falls_back(tmp_path):
     restored = ck2.restore(abstract_like(_state(0)))
     assert int(restored.step) == 0 and os.path.isdir(tmp_path / "3")
     ck2.close()
+
+
+def _truncate_largest_file(step_dir):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+    big = max(files, key=os.path.getsize)
+    with open(big, "r+b") as f:
+        f.truncate(os.path.getsize(big) // 2)
+
+
+def test_corrupt_latest_step_falls_back_to_the_newest_good_one(tmp_path):
+    ck = Checkpointer(str(tmp_path), save_every=1, keep=3, async_save=False)
+    for step in (1, 2, 3):
+        ck.save(step, _state(step))
+    ck.close()
+    for step in (3, 2):
+        _truncate_largest_file(tmp_path / str(step))
+    ck2 = Checkpointer(str(tmp_path), save_every=1, keep=3, async_save=False)
+    restored, skipped = ck2.restore_newest_good(abstract_like(_state(0)))
+    for a, b in zip(jax.tree_util.tree_leaves(_state(1).params), jax.tree_util.tree_leaves(restored.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(skipped) == 2 and "step 3" in skipped[0] and "resuming from step 1" in skipped[1]
+    assert ck2.latest_step() == 1 and sorted(os.listdir(tmp_path))[:1] == ["1"]
+    assert ck2.save(2, _state(2), force=True) and ck2.latest_step() == 2  # the step number is free again
+    ck2.close()
+
+
+_FULL_DISK = r"""
+import resource, signal, sys
+import numpy as np
+import jax.numpy as jnp
+from launch import cli
+from vlm3r_jax.train.checkpoint import Checkpointer
+
+def main(argv):
+    ck = Checkpointer(sys.argv[1], save_every=1, keep=3, async_save=True)
+    state = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((64, 1024)), jnp.float32)}
+    ck.save(1, state)
+    ck.wait()
+    # from now on no file may grow past 64 KB (EFBIG, as ENOSPC on a full disk): the 256 KB array fails
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        for step in (2, 3):
+            ck.save(step, state)
+        ck.wait()
+    finally:
+        ck.close()
+
+sys.argv = sys.argv[:2]
+cli.run(main, config_flag=None)
+"""
+
+
+def test_failed_save_is_one_line_and_keeps_earlier_steps(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path / "ck")], cwd=root, capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, PYTHONPATH=root))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith(("error:", "E1", "E0"))]
+    assert len(errors) == 1 and "earlier checkpoints are intact (latest: step 1)" in errors[0], r.stderr[-3000:]
+    ck = Checkpointer(str(tmp_path / "ck"))
+    assert ck.latest_step() == 1
+    restored = ck.restore({"w": jax.ShapeDtypeStruct((64, 1024), np.float32)})
+    assert restored["w"].shape == (64, 1024)
+    ck.close()

@@ -96,3 +96,59 @@ def test_checkpoint_remembers_its_frame_count(files, tmp_path):
     # the CLI's default follows the checkpoint: 4 frames, so a 4-frame video is not resampled to 32
     assert infer.main(["--checkpoint", files["ckpt"], "--video", files["video"], "--question", "How many chairs?",
                        "--max-new-tokens", "2"]) == 0
+
+
+def _args(files, **over):
+    a = {"--checkpoint": files["ckpt"], "--video": files["video"], "--question": "How many chairs?", "--frames": "4",
+         "--max-new-tokens": "2", **over}
+    return [x for kv in a.items() for x in kv]
+
+
+def test_too_many_frames_refused_before_decoding(files, capsys, monkeypatch):
+    import data_pipeline.video as video
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded frames for a frame count the context cannot hold")
+
+    monkeypatch.setattr(video, "load_video", no_decode)
+    assert infer.main(_args(files, **{"--frames": "100000"})) == 2
+    assert "prompt is too long" in capsys.readouterr().err
+
+
+def test_decompression_bomb_frame_is_one_line(files, capsys, monkeypatch):
+    from PIL import Image
+
+    d = files["dir"] / "frames"
+    d.mkdir(exist_ok=True)
+    for i in range(2):
+        Image.new("RGB", (64, 64)).save(d / f"{i:03d}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64*64 > 2x the limit: Pillow refuses
+    assert infer.main(_args(files, **{"--video": str(d)})) == 2
+    err = capsys.readouterr().err
+    assert "too large to decode safely" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag,value", [("--temperature", "nan"), ("--temperature", "inf"), ("--top-p", "nan"),
+                                        ("--repetition-penalty", "-inf"), ("--temperature", "-1")])
+def test_non_finite_sampling_values_refused(files, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        infer.parse_args([*_args(files), f"{flag}={value}"])
+    assert e.value.code == 2 and "finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["directory", "extension", "no_folder", "invalid_utf8"])
+def test_output_paths_and_question_checked_before_work(files, capsys, monkeypatch, case):
+    from vlm3r_jax import api
+
+    def no_load(*a, **k):
+        raise AssertionError("loaded the model before checking the arguments")
+
+    monkeypatch.setattr(api, "load_vlm3r", no_load)
+    over, expect = {
+        "directory": ({"--viz": str(files["dir"])}, "is a directory"),
+        "extension": ({"--viz": str(files["dir"] / "out.txt")}, "must be one of"),
+        "no_folder": ({"--viz": str(files["dir"] / "scene.mp4" / "out.png")}, "does not exist"),
+        "invalid_utf8": ({"--question": b"caf\xe9?".decode("utf-8", "surrogateescape")}, "not valid UTF-8"),
+    }[case]
+    assert infer.main(_args(files, **over)) == 2
+    assert expect in capsys.readouterr().err

@@ -410,3 +410,24 @@ def test_annotation_files_with_a_bom_or_one_object(data, tmp_path):
     (tmp_path / "one.json").write_text(json.dumps(data["good"][0], indent=2))
     with pytest.raises(ValueError, match="holds one JSON dict"):
         LlavaJsonSource(str(tmp_path / "one.json"), data["root"])
+
+
+@pytest.mark.parametrize("rel", ["../../../../etc/passwd", "/etc/passwd", "a/../../x.mp4", "ok/../../escape.mp4"])
+def test_record_paths_stay_inside_the_dataset_root(tmp_path, rel):
+    from data_pipeline.sources import path_under_root
+    from vlm3r_jax.eval.records import normalize
+
+    root = tmp_path / "data"
+    root.mkdir()
+    assert path_under_root(str(root), "scenes/a/../b.mp4") == str(root / "scenes" / "b.mp4")
+    assert path_under_root(str(root), rel) is None
+    ann = tmp_path / "ann.jsonl"
+    conv = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    ann.write_text(json.dumps({"id": "x", "video": rel, "conversations": conv}) + "\n")
+    rec = LlavaJsonSource(str(ann), str(root))[0]
+    assert rec["error"] == "bad_path" and "not inside the video root" in rec["message"]
+    with pytest.raises(BadRecordError, match="bad_path"):
+        LlavaJsonSource(str(ann), str(root), strict=True)[0]
+    bench = normalize({"id": 1, "video_path": rel, "question_type": "x", "question": "q", "ground_truth": "1"}, 0,
+                      str(root), "vstibench")
+    assert bench["video_path"] is None and "leaves the benchmark directory" in bench["_malformed"]

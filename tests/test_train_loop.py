@@ -64,3 +64,41 @@ def test_time_budget_checkpoints_and_stops(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "1"
     cfg.train.max_seconds = 0.0  # off: the re-run resumes and finishes
     assert toy_train.main(str(tmp_path), 6).last_step == 6
+
+
+class _CountingIter:
+    """The toy iterator plus the running skip totals a VideoBatchIterator keeps."""
+
+    def __init__(self, it):
+        self.it, self.n = it, 0
+
+    def __next__(self):
+        self.n += 1
+        return next(self.it)
+
+    def metrics(self):
+        return {"data/skipped": self.n // 2, "data/skipped/corrupt_video": self.n // 2, "data/examples": 4 * self.n}
+
+
+def test_skip_counts_go_to_metrics_jsonl(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import toy_train
+
+    from vlm3r_jax.train import loop
+
+    real = loop.train
+    monkeypatch.setattr(toy_train, "train", lambda cfg, wd, m, lf, it, **kw: real(cfg, wd, m, lf, _CountingIter(it), **kw))
+    toy_train.main(str(tmp_path), 3)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    last = [r for r in rows if "loss" in r][-1]
+    assert (last["data/skipped"], last["data/skipped/corrupt_video"], last["data/examples"]) == (1, 1, 12)
+
+
+def test_unwritable_workdir_fails_before_the_model_is_built(tmp_path, monkeypatch):
+    from vlm3r_jax.train import vlm3r_task
+
+    monkeypatch.setattr(vlm3r_task, "build_model", lambda cfg: pytest.fail("built the model first"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match=r"workdir .*file/run is not a writable directory"):
+        vlm3r_task.run(None, str(blocker / "run"))

@@ -30,6 +30,7 @@ from flax import nnx
 
 from vlm3r_jax.convert.assign import Src, flat_arrays, flat_variables, load_state, transpose
 from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
 from vlm3r_jax.convert.sources import PrefixSource, TensorSource
 from vlm3r_jax.convert.torch_pickle import TorchPickleSource
@@ -304,11 +305,7 @@ def open_checkpoint(path: str) -> tuple[dict[str, Any] | Cut3rConfig, TensorSour
             raise FileNotFoundError(
                 f"{path}: no config.json (and not exactly one .pth); expected config.json + model.safetensors"
             )
-        try:
-            with open(cfg_path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); re-export the checkpoint") from e
+        d = read_json_object(cfg_path)
         try:
             cfg = config_from_json(d)
         except (ValueError, TypeError) as e:

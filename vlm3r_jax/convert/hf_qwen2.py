@@ -32,6 +32,7 @@ from flax import nnx
 from vlm3r_jax import sharding
 from vlm3r_jax.convert.assign import Src, flat_arrays, load_state, transpose
 from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
 from vlm3r_jax.convert.sources import PrefixSource, TensorSource
 from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
@@ -104,11 +105,7 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"no config.json in {hf_dir}; a Hugging Face Qwen2 directory holds config.json and *.safetensors"
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    return read_json_object(path)
 
 
 def config_from_dir(hf_dir: str, **overrides: Any) -> Qwen2Config:

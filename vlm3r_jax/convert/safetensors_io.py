@@ -7,6 +7,7 @@ and placed on device, so a 7B bf16 checkpoint never exists twice in host RAM.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,43 @@ _DTYPES = {
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_entries(path: str, header: dict, data_bytes: int) -> None:
+    """Every entry must describe exactly its own bytes inside the data section: otherwise header
+    bytes or another tensor's bytes would load silently as weights."""
+    spans = []
+    for key, e in header.items():
+        where = f"{path}: tensor {key!r}"
+        if not isinstance(e, dict):
+            raise CheckpointError(f"{where}: header entry is a {type(e).__name__}, not an object (corrupt header)")
+        if e.get("dtype") not in _DTYPES:
+            raise CheckpointError(f"{where} has unsupported dtype {e.get('dtype')!r}")
+        shape, offs = e.get("shape"), e.get("data_offsets")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative ints (corrupt header)")
+        if not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) and o >= 0 for o in offs):
+            raise CheckpointError(f"{where}: data_offsets {offs!r} is not [begin, end] in non-negative ints "
+                                  "(corrupt header)")
+        begin, end = offs
+        need = math.prod(shape) * _DTYPES[e["dtype"]].itemsize
+        if end - begin != need:
+            raise CheckpointError(f"{where}: data_offsets span {end - begin} bytes but shape {shape} of "
+                                  f"{e['dtype']} needs {need} (corrupt header)")
+        if end > data_bytes:
+            raise CheckpointError(f"{where} extends past the end of the file (truncated download?)")
+        spans.append((begin, end, key))
+    reach, last = 0, None
+    for begin, end, key in sorted(spans):
+        if begin < end and begin < reach:
+            raise CheckpointError(f"{path}: tensors {last!r} and {key!r} share bytes (overlapping data_offsets; "
+                                  "corrupt header)")
+        if end > reach:
+            reach, last = end, key
+
+
 class SafetensorsFile:
     """One ``.safetensors`` file: header parsed eagerly, data mapped lazily."""
 
@@ -48,20 +86,15 @@ class SafetensorsFile:
                 header = json.loads(f.read(n))
         except FileNotFoundError:
             raise
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from e
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
         self.metadata = header.pop("__metadata__", {}) or {}
         self._data_start = 8 + n
         self._entries = header
         self._size = size
-        for key, e in header.items():
-            if e.get("dtype") not in _DTYPES:
-                raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {e.get('dtype')!r}")
-            end = e["data_offsets"][1]
-            if self._data_start + end > size:
-                raise CheckpointError(
-                    f"{path}: tensor {key!r} extends past the end of the file (truncated download?)"
-                )
+        _check_entries(path, header, size - self._data_start)
         self._mm: np.memmap | None = None
 
     def keys(self) -> Iterable[str]:
@@ -159,7 +192,8 @@ def save_safetensors(
     arrays = []
     offset = 0
     for key in sorted(tensors):
-        arr = np.ascontiguousarray(np.asarray(tensors[key]))
+        arr = np.asarray(tensors[key])
+        arr = np.ascontiguousarray(arr).reshape(arr.shape)  # ascontiguousarray makes a scalar 1-d
         if arr.dtype not in _NAMES:
             raise ValueError(f"cannot save tensor {key!r} of dtype {arr.dtype} to safetensors")
         nbytes = arr.nbytes

@@ -15,6 +15,7 @@ from flax import nnx
 
 from vlm3r_jax.convert.assign import Src, flat_arrays, flat_variables, load_state
 from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 from vlm3r_jax.models.fusion import FusionConfig
@@ -92,8 +93,7 @@ def save_ours(path: str, cfg, model, tokenizer=None, dtype: Any = None, num_fram
 def read_num_frames(path: str) -> int | None:
     """The frames-per-video a checkpoint written by :func:`save_ours` was trained with, if recorded."""
     try:
-        with open(os.path.join(path, CONFIG), encoding="utf-8") as f:
-            n = json.load(f).get("num_frames")
+        n = read_json_object(os.path.join(path, CONFIG)).get("num_frames")
     except (OSError, ValueError):
         return None
     return int(n) if isinstance(n, int) and n > 0 else None
@@ -105,8 +105,10 @@ def load_ours(path: str, dtype: str | None = None, shardings: Any = None):
     cfg_path = os.path.join(path, CONFIG)
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path} not found: not a vlm3r_jax checkpoint directory")
-    with open(cfg_path, encoding="utf-8") as f:
-        cfg = config_from_dict(json.load(f))
+    try:
+        cfg = config_from_dict(read_json_object(cfg_path))
+    except (TypeError, KeyError) as e:
+        raise CheckpointError(f"{cfg_path}: {type(e).__name__}: {e}; re-export the checkpoint") from e
     if dtype is not None:
         cfg = cfg.replace(llm=cfg.llm.replace(dtype=dtype, param_dtype=dtype))
     abstract = abstract_vlm3r(cfg)

@@ -7,7 +7,6 @@ leading ``base_model.``; if keys then start with ``model.model.``, strip one mor
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from vlm3r_jax.convert.fusion_ckpt import reference_mapping
 from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE, hf_name_map, load_mapping
 from vlm3r_jax.convert.hf_siglip import load_siglip_state
 from vlm3r_jax.convert.hub import CONFIG_FILES, HubError, resolve, resolve_vlm3r
+from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.llava_projector import projector_mapping
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir
 from vlm3r_jax.convert.sources import DictSource, OverlaySource, TensorSource
@@ -92,13 +92,7 @@ _KNOWN_SIGLIP = {1152: dict(num_attention_heads=16, layer_norm_eps=1e-6, hidden_
 
 
 def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    return read_json_object(path)
 
 
 def _open_torch_or_safetensors(path: str) -> TensorSource:
@@ -117,6 +111,36 @@ def find_adapter_weights(lora_dir: str) -> str:
         f"no PEFT adapter in {lora_dir}: expected adapter_model.safetensors or adapter_model.bin "
         "(with adapter_config.json)"
     )
+
+
+def read_adapter_facts(lora_dir: str) -> dict | None:
+    """{r, alpha, scale, dropout, path} of the PEFT adapter in ``lora_dir``, or None when the
+    directory holds neither adapter weights nor adapter_config.json. Weights without a config, or
+    a config whose ``r`` disagrees with the tensors, would change the model silently (no LoRA, or
+    a wrong scale): both are errors."""
+    ac_path = os.path.join(lora_dir, "adapter_config.json")
+    has_weights = any(os.path.exists(os.path.join(lora_dir, n))
+                      for n in ("adapter_model.safetensors", "adapter_model.bin"))
+    if not os.path.exists(ac_path):
+        if has_weights:
+            raise CheckpointError(f"{lora_dir} has LoRA weights but no adapter_config.json (it holds r and "
+                                  "lora_alpha, which set the LoRA scale); copy it from the same training run")
+        return None
+    ac = read_json_object(ac_path)
+    r, alpha = ac.get("r"), ac.get("lora_alpha", ac.get("r"))
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise CheckpointError(f"{ac_path}: r must be a positive integer (the LoRA rank), got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha):
+        raise CheckpointError(f"{ac_path}: lora_alpha must be a finite number, got {alpha!r}")
+    path = find_adapter_weights(lora_dir)
+    src = _open_torch_or_safetensors(path)
+    ranks = {src.shape(k)[0] for k in src.keys() if k.endswith(".lora_A.weight") and len(src.shape(k)) == 2}
+    if ranks and ranks != {r}:
+        raise CheckpointError(f"{ac_path} says r = {r} but the lora_A tensors in {path} have rank(s) "
+                              f"{sorted(ranks)}; the scale lora_alpha / r would be wrong. Use the adapter_config.json "
+                              "saved with these weights")
+    scale = alpha / (r ** 0.5) if ac.get("use_rslora") else alpha / r
+    return dict(r=r, alpha=float(alpha), scale=scale, dropout=float(ac.get("lora_dropout", 0.0) or 0.0), path=path)
 
 
 def resolve_vision_config(cfg_json: dict, base_dir: str, search_dirs: list[str], source: TensorSource,
@@ -231,15 +255,12 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
                    else cut3r_ckpt.config_from_reference_kwargs(kwargs, **over))
     lora = None
     lora_info = None
-    if lora_dir is not None and os.path.exists(os.path.join(lora_dir, "adapter_config.json")):
-        ac = _read_json(os.path.join(lora_dir, "adapter_config.json"))
-        r = int(ac["r"])
-        alpha = float(ac.get("lora_alpha", r))
-        scale = alpha / (r ** 0.5) if ac.get("use_rslora") else alpha / r
-        lora_info = dict(r=r, alpha=alpha, scale=scale, dropout=float(ac.get("lora_dropout", 0.0)),
-                         path=find_adapter_weights(lora_dir))
+    if lora_dir is not None:
+        lora_info = read_adapter_facts(lora_dir)
+    if lora_info is not None:
+        r = lora_info["r"]
         if keep_lora:
-            lora = LoRAConfig(rank=r, alpha=scale * r, dropout=lora_info["dropout"], targets=LLM_LORA_TARGETS)
+            lora = LoRAConfig(rank=r, alpha=lora_info["scale"] * r, dropout=lora_info["dropout"], targets=LLM_LORA_TARGETS)
     cfg = VLM3RConfig(
         llm=llm, vision=vision, projector=projector, fusion=fusion, geometry=geo_cfg,
         spatial_select=cj.get("spatial_tower_select_feature", "patch_tokens"),  # the reference's default

@@ -15,6 +15,7 @@ import av
 import grain
 
 from data_pipeline.pipeline import ensure_absl_flags
+from data_pipeline.worker_lifetime import exit_with_parent
 from vlm3r_jax.eval import prompts
 
 VIDEO_CHECKS = ("none", "exists", "open")
@@ -130,5 +131,6 @@ def eval_iterator(
     )
     if worker_count > 0:
         ensure_absl_flags()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2),
+                            worker_init_fn=exit_with_parent)
     return iter(it)

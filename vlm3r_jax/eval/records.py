@@ -24,7 +24,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from data_pipeline.sources import _JsonRecords
+from data_pipeline.sources import _JsonRecords, path_under_root
 from vlm3r_jax.eval import tasks
 
 RECORD_FILE_CANDIDATES = ("test.jsonl", "test.json", "{benchmark}.jsonl", "{benchmark}.json",
@@ -81,13 +81,14 @@ def read_records_file(path: str) -> list[dict[str, Any]]:
 
 
 def video_path_of(record: Mapping[str, Any], root: str, benchmark: str) -> str | None:
-    """Absolute video path of a record in the official layout, or None when the fields are missing."""
+    """Absolute video path of a record in the official layout, or None when the fields are missing
+    or name a file outside ``root`` (see :func:`data_pipeline.sources.path_under_root`)."""
     if benchmark == "vstibench" and record.get("video_path"):
-        return os.path.join(root, str(record["video_path"]))
+        return path_under_root(root, str(record["video_path"]))
     if record.get("dataset") and record.get("scene_name"):
-        return os.path.join(root, str(record["dataset"]), f"{record['scene_name']}.mp4")
+        return path_under_root(root, os.path.join(str(record["dataset"]), f"{record['scene_name']}.mp4"))
     if record.get("video_path"):
-        return os.path.join(root, str(record["video_path"]))
+        return path_under_root(root, str(record["video_path"]))
     return None
 
 
@@ -120,7 +121,10 @@ def normalize(raw: Mapping[str, Any], index: int, root: str, benchmark: str) -> 
     rec["id"] = str(raw["id"]) if raw.get("id") is not None else f"idx-{index}"
     rec["video_path"] = video_path_of(raw, root, benchmark)
     reason = validate(raw, benchmark)
-    if reason is None and rec["video_path"] is None:
+    named = raw.get("video_path") or (raw.get("dataset") and raw.get("scene_name"))
+    if rec["video_path"] is None and named:
+        reason = f"the video path leaves the benchmark directory {root}; records may only name files under it"
+    elif reason is None and rec["video_path"] is None:
         reason = "no video fields (dataset + scene_name, or video_path)"
     rec["_malformed"] = reason
     return rec

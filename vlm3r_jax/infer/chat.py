@@ -84,6 +84,7 @@ class ChatSession:
 
     def _turn_ids(self, question: str, first: bool) -> list[int]:
         tok = self.engine.tokenizer
+        question = tok.escape_control(question)
         if first and not self._first_turn:
             # with a video the first user turn is already open: "<image>" then "\n{question}"
             return tok.encode(f"\n{question}{IM_END}\n{IM_START}assistant\n")

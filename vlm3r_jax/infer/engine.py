@@ -114,7 +114,9 @@ class VLM3REngine:
         return prefill_cache(self.graphdef, self.params, ids, fr, capacity=capacity)
 
     def prompt_ids(self, question: str, with_video: bool = True) -> np.ndarray:
-        """The official single-turn prompt (``<image>\\n`` + question, qwen_1_5 template)."""
+        """The official single-turn prompt (``<image>\\n`` + question, qwen_1_5 template). Control
+        tokens typed in the question are read as text (``QwenTokenizer.escape_control``)."""
+        question = self.tokenizer.escape_control(question)
         conv = question_prompt(question) if with_video else [{"from": "human", "value": question}]
         return tokenize_prompt(self.tokenizer, conv, self.template, require_placeholder=with_video).input_ids
 

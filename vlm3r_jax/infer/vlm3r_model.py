@@ -32,6 +32,7 @@ from vlm3r_jax.infer.chat import ChatSession
 from vlm3r_jax.infer.engine import VLM3REngine, forward_logits
 from vlm3r_jax.infer.stream import StreamConfig, VideoStream
 from vlm3r_jax.models.host_init import fill_random
+from vlm3r_jax.models.splice import check_length, placeholder_positions
 from vlm3r_jax.models.vlm3r import VLM3R, VLM3RConfig, abstract_vlm3r
 
 OURS_CONFIG = "vlm3r_config.json"
@@ -46,7 +47,8 @@ def _is_llava_dir(path: str) -> bool:
         return False
     try:
         with open(cfg, encoding="utf-8") as f:
-            return json.load(f).get("model_type") == "llava_qwen"
+            d = json.load(f)
+        return isinstance(d, dict) and d.get("model_type") == "llava_qwen"
     except (OSError, ValueError):
         return False
 
@@ -180,11 +182,14 @@ class VLM3RModel:
                            top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
         return np.asarray(out.tokens)
 
-    def prepare_video(self, video: Any, num_frames: int | None = None) -> np.ndarray:
+    def prepare_video(self, video: Any, num_frames: int | None = None, *, for_llm: bool = True) -> np.ndarray:
         """A path (video file or frame directory) or uint8 [N, H, W, 3] -> float [n, S, S, 3]
-        (n = ``num_frames`` sampled by the reference rule, S = the tower's image size)."""
+        (n = ``num_frames`` sampled by the reference rule, S = the tower's image size).
+        ``for_llm``: first refuse a frame count the LLM's context cannot hold (:meth:`check_frames`)."""
 
         n = num_frames or self.num_frames
+        if for_llm:
+            self.check_frames(n)
         if isinstance(video, (str, os.PathLike)):
             if not os.path.exists(video):
                 raise FileNotFoundError(f"video not found: {video}")
@@ -197,8 +202,19 @@ class VLM3RModel:
                 frames = frames[sample_indices(frames.shape[0], n)]
         return siglip_preprocess_np(frames, self.cfg.vision.image_size)
 
+    def check_frames(self, num_frames: int) -> None:
+        """Refuses (ValueError) a frame count whose video tokens cannot fit the context even with a
+        one-token question, before any frame is decoded or embedded (10000 frames would otherwise
+        take minutes and tens of GB before the full length check)."""
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        ids = self.prompt_ids("?")
+        check_length(len(ids), self.cfg.num_video_tokens(num_frames),
+                     placeholder_positions(ids[None], self.video_token_id), self.cfg.model_max_length, "error")
+
     def prompt_ids(self, question: str, with_video: bool = True) -> np.ndarray:
-        """The official single-turn prompt (``<image>\\n`` + question, qwen_1_5 template)."""
+        """The official single-turn prompt (``<image>\\n`` + question, qwen_1_5 template). Control
+        tokens typed in the question are read as text (``QwenTokenizer.escape_control``)."""
         return self.engine.prompt_ids(question, with_video)
 
     def answer(self, video: Any, question: str, max_new_tokens: int = 64, *, num_frames: int | None = None,
@@ -235,7 +251,7 @@ class VLM3RModel:
         conf [P], camera_c2w [F, 4, 4], frames uint8 [F, S, S, 3]. For pictures (see ``viz``)."""
         if self.cfg.geometry is None:
             raise ValueError("this model has no geometry encoder (config.geometry is None)")
-        pixels = self.prepare_video(video, num_frames)
+        pixels = self.prepare_video(video, num_frames, for_llm=False)
         stream = VideoStream(self.engine, StreamConfig(max_frames=pixels.shape[0], select="window", with_heads=True,
                                                 points_stride=points_stride))
         for f in pixels:

@@ -125,6 +125,9 @@ class SiglipVisionConfig:
                     config = json.load(f)
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"SigLIP config not found: {path} (expected an HF config.json)") from e
+        if not isinstance(config, dict) or not isinstance(config.get("vision_config") or {}, dict):
+            raise ValueError(f"SigLIP config {config if isinstance(config, str) else ''} is not a JSON object of "
+                             "settings; pass the SigLIP tower's config.json")
         d = dict(config)
         if "vision_config" in d:
             d = dict(d["vision_config"] or {})

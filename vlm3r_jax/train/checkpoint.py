@@ -9,14 +9,50 @@ previous checkpoint as the latest restorable one.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointWriteError(OSError):
+    """A save failed (disk full, quota, permissions); earlier steps are untouched."""
+
+
+def _write_error(exc: BaseException) -> BaseException | None:
+    """The file-system error behind ``exc`` (or its causes): an OSError from Python-side writes,
+    or TensorStore's ValueError carrying ``os_error_code`` (ENOSPC, EFBIG, EDQUOT...); else None."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) or "os_error_code" in str(e):
+            return e
+        stack += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return None
+
+
+class _QuietWriteErrors(logging.Filter):
+    """Drops Orbax's and asyncio's own reports (one traceback per pending write, ~150 on a full
+    disk) of a failed write: the error reaches the caller of save/wait as one
+    :class:`CheckpointWriteError`, which the command-line tools print as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is not None and _write_error(record.exc_info[1]))
+
+
+_QUIET = _QuietWriteErrors()
 
 
 class Checkpointer:
@@ -31,6 +67,22 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._failed: CheckpointWriteError | None = None
+        for name in ("absl", "asyncio"):
+            if _QUIET not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(_QUIET)
+
+    def _raise(self, e: Exception) -> None:
+        """Re-raises ``e``, as one CheckpointWriteError when a file write failed."""
+        cause = _write_error(e)
+        if cause is None:
+            raise e
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause).split(": ")[-1]
+        self._failed = CheckpointWriteError(
+            getattr(cause, "errno", None), f"saving a checkpoint to {self.directory} failed ({why}); the earlier "
+            f"checkpoints are intact (latest: step {self.manager.latest_step()}). Free disk space (or point "
+            "--workdir elsewhere) and run again")
+        raise self._failed from None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -39,7 +91,10 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-        return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+        try:
+            return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+        except Exception as e:  # the previous async save's failure surfaces here
+            self._raise(e)
 
     def restore(self, abstract_state: Any, data_iter: Any = None, step: int | None = None) -> Any:
         """Restores into ``abstract_state`` (arrays or ``jax.ShapeDtypeStruct`` with shardings);
@@ -52,12 +107,63 @@ class Checkpointer:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
+    def restore_newest_good(self, abstract_state: Any, data_iter: Any = None) -> tuple[Any, list[str]]:
+        """Restores the newest step that restores, newest first. A step that fails (a truncated or
+        corrupt file) is moved aside to ``<dir>/<step>.unrestorable-<time>`` (kept for inspection,
+        and so later saves of that step number do not collide) and the next older one is tried.
+        Returns (state, one line per skipped step); raises the last error if no step restores."""
+        skipped: list[str] = []
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        for i, step in enumerate(steps):
+            try:
+                state = self.restore(abstract_state, data_iter, step=step)
+            except Exception as e:  # Orbax/TensorStore raise many types for a damaged step
+                if i == len(steps) - 1:
+                    raise RuntimeError(f"no checkpoint in {self.directory} restores; the oldest, step {step}, "
+                                       f"fails with {_first_line(e)}") from e
+                line = (f"checkpoint step {step} in {self.directory} cannot be restored ({_first_line(e)}); "
+                        f"moved aside, resuming from step {steps[i + 1]} instead")
+                log.warning(line)
+                skipped.append(line)
+                self._move_aside(step)
+                continue
+            return state, skipped
+        raise AssertionError("unreachable")
+
+    def _move_aside(self, step: int) -> None:
+        src = os.path.join(self.directory, str(step))
+        if jax.process_index() == 0 and os.path.isdir(src):
+            os.rename(src, f"{src}.unrestorable-{int(time.time())}")
+        self.manager.reload()
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self._raise(e)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the last save and closes; a write error already raised is not raised again
+        (close runs in ``finally`` blocks, where it would hide the first report)."""
+        already = self._failed is not None
+        try:
+            self.wait()
+        except CheckpointWriteError:
+            if not already:
+                raise
+        finally:
+            try:
+                self.manager.close()
+            except Exception as e:
+                if _write_error(e) is None:
+                    raise
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
 def abstract_like(tree: Any) -> Any:

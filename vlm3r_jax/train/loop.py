@@ -72,6 +72,27 @@ class _NullWriter:
         pass
 
 
+def ensure_workdir(workdir: str) -> None:
+    """Creates ``workdir`` and proves it writable, so a bad --workdir fails in one line before the
+    model and the data iterator are built (``os.access`` is no proof: root, read-only mounts)."""
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(e.errno, f"workdir {workdir} is not a writable directory ({e.strerror or e}); "
+                      "pass a --workdir you can write to") from None
+
+
+def _data_metrics(data_iter: Any) -> dict:
+    """The iterator's running totals (``data/skipped``, ``data/skipped/<kind>``, ``data/examples``),
+    when it keeps them, for metrics.jsonl next to the loss."""
+    fn = getattr(data_iter, "metrics", None)
+    return {k: float(v) for k, v in fn().items()} if callable(fn) else {}
+
+
 def _replicate_unplaced(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Scalars such as the step, RNG and optimizer counts are created on one device; the jitted
     step runs on the whole mesh, so replicate every array that is not already mesh-sharded."""
@@ -112,7 +133,7 @@ def train(
     tc = cfg.train
     max_seconds = float(tc.get("max_seconds", 0) or 0)
     deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
-    os.makedirs(workdir, exist_ok=True)
+    ensure_workdir(workdir)
     mesh = sharding.make_mesh(dict(cfg.mesh.shape))
     rules = sharding.rules_from_config(cfg.mesh.get("rules"))
     model.train()
@@ -127,9 +148,11 @@ def train(
     saves_iter = hasattr(data_iter, "get_state")
     start = 0
     if ckpt.latest_step() is not None:
-        state = ckpt.restore(abstract_like(state), data_iter if saves_iter else None)
+        state, skipped = ckpt.restore_newest_good(abstract_like(state), data_iter if saves_iter else None)
         start = int(state.step)
         if distributed.is_lead_process():
+            for line in skipped:
+                tqdm.write(line, file=sys.stderr)
             tqdm.write(f"resumed from {ckpt.directory} at step {start}", file=sys.stderr)
 
     accum = int(tc.get("grad_accum_steps", 1))
@@ -165,7 +188,7 @@ def train(
                     row["mfu"] = flops_per_token * seq_tokens / max(t2 - t1, 1e-9) / peak_flops
                 history.append({"step": step + 1, **row})
                 if (step + 1) % tc.get("log_every", 1) == 0 or step + 1 == tc.steps:
-                    writer.write_scalars(step + 1, row)
+                    writer.write_scalars(step + 1, {**row, **_data_metrics(data_iter)})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 saved = ckpt.save(step + 1, state, data_iter if saves_iter else None)

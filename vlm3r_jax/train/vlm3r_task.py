@@ -134,6 +134,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
     Returns ``(result, model_dir)``. After a SIGTERM (``result.preempted``) ``model_dir`` is None:
     the checkpoint holds the run, and a preemption grace period is too short to export a large model."""
 
+    loop.ensure_workdir(workdir)  # before minutes of model and data setup
     vcfg, model, tok = build_model(cfg)
     it = train_iterator(cfg, vcfg, tok)
     try:
