@@ -61,10 +61,13 @@ def test_compile_for_tpu_topology_without_tpu(tmp_path):
     env["PYTHONPATH"] = ROOT
     r = subprocess.run(
         [sys.executable, "-m", "launch.aot_compile", "--config", os.path.join(ROOT, "configs/qwen2_tiny_lora_aot.py"),
-         "--topology", "v5p-8", "--config.model.num_layers=1", "--json_out", str(out)],
+         "--topology", "v5p-8", "--config.model.num_layers=1", "--json_out", str(out),
+         "--dump_hlo", str(tmp_path / "h.txt")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(out.read_text())
     assert rep["num_devices"] == 4 and rep["mesh"]["fsdp"] == 4
     assert 0 < rep["memory_bytes"]["total_bytes"] < rep["hbm_bytes"]
     assert "of 95 GiB HBM" in r.stdout
+    # attention_impl="auto" resolved for the TPU target: the Pallas splash kernel, forward and backward
+    assert (tmp_path / "h.txt").read_text().count("tpu_custom_call") >= 2

@@ -224,6 +224,11 @@ def use_mesh(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Iterator[Mesh]:
         _ACTIVE.reset(token)
 
 
+def active_mesh() -> tuple[Mesh, tuple] | None:
+    """(mesh, rules) activated by :func:`use_mesh`, or None outside it."""
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """``with_sharding_constraint`` by logical names; a no-op outside :func:`use_mesh`."""
     active = _ACTIVE.get()
