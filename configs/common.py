@@ -8,10 +8,14 @@ from vlm3r_jax.sharding import DEFAULT_RULES
 
 
 def mesh_config() -> ml_collections.ConfigDict:
-    """``mesh.shape`` maps (data, fsdp, tensor) to sizes (-1 = the remaining devices);
-    ``mesh.rules`` maps logical axis names to mesh axes (see vlm3r_jax/sharding.py)."""
+    """``mesh.shape`` maps (data, fsdp, tensor) to sizes within one slice (-1 = the remaining
+    devices); ``mesh.dcn_data``/``mesh.dcn_fsdp`` split data/fsdp across TPU slices or GPU nodes
+    (1 = one slice; the mesh axis is then shape x dcn); ``mesh.rules`` maps logical axis names to
+    mesh axes (see vlm3r_jax/sharding.py)."""
     c = ml_collections.ConfigDict()
     c.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.dcn_data = 1
+    c.dcn_fsdp = 1
     c.rules = tuple((name, axes) for name, axes in DEFAULT_RULES)
     return c
 

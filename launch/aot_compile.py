@@ -5,6 +5,7 @@ per-device memory, without the hardware:
     python -m launch.aot_compile --config configs/qwen2_7b_lora_aot.py --topology v6e-16 \\
         --config.data.seq_len=2048 --json_out /tmp/v6e16.json
     python -m launch.aot_compile --config configs/qwen2_tiny_lora_aot.py --topology cpu
+    python -m launch.aot_compile --config configs/qwen2_7b_lora_aot.py --topology v5e-16 --num_slices 2
 
 TPU topologies need ``libtpu`` (``pip install 'libtpu==0.0.42.*'`` for jax 0.10.2); it runs on a
 CPU-only machine. ``--topology cpu`` compiles for ``jax.devices()`` (use
@@ -27,6 +28,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "AOT config file (conf
 _TOPOLOGY = flags.DEFINE_string("topology", "cpu", "TPU slice (v5p-64, v6e-16, ...) or 'cpu' for the local devices.")
 _JSON = flags.DEFINE_string("json_out", "", "Write the memory report as JSON here.")
 _ALLOW_OOM = flags.DEFINE_bool("allow_oom", False, "Exit 0 even when the step exceeds the HBM.")
+_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices of --topology joined over DCN (multi-slice); the mesh "
+                               "splits mesh.dcn_data x mesh.dcn_fsdp across them (default: data).")
 _DUMP_HLO = flags.DEFINE_string("dump_hlo", "", "Write the optimized HLO text of the compiled step here.")
 
 
@@ -38,7 +41,7 @@ def main(argv: list[str]) -> int:
     from vlm3r_jax.train import aot
 
     try:
-        res = aot.compile_train_step(_CONFIG.value, _TOPOLOGY.value)
+        res = aot.compile_train_step(_CONFIG.value, _TOPOLOGY.value, num_slices=_SLICES.value)
     except aot.AotOutOfMemoryError as e:
         print(f"aot_compile: DOES NOT FIT: {e}", file=sys.stderr)
         if _JSON.value:

@@ -55,7 +55,7 @@ def make_model_predictor(cfg: Any) -> runner.PredictFn:
         from vlm3r_jax import sharding
         from vlm3r_jax.eval.sharded import ShardedVLM3RPredictor
 
-        mesh = sharding.make_mesh(dict(cfg.mesh.shape))
+        mesh = sharding.mesh_from_config(cfg.mesh)
         return ShardedVLM3RPredictor(
             model,
             batch_size=cfg.batch_size,

@@ -43,9 +43,9 @@ def test_cpu_loop_matches_reference_and_xla(case):
 
 
 def test_auto_resolves_for_the_target_platform():
-    assert resolve_implementation("auto") == {"cpu": "cpu", "gpu": "cudnn"}.get(jax.default_backend(), "xla")
+    assert resolve_implementation("auto") == {"cpu": "cpu", "gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend(), "xla")
     with target_platform("tpu"):
-        assert resolve_implementation("auto") == "xla"
+        assert resolve_implementation("auto") == "splash"
     with target_platform("gpu"):
         assert resolve_implementation("auto") == "cudnn"
     with pytest.raises(ValueError, match="unknown attention"):

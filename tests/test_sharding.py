@@ -81,3 +81,36 @@ def test_sharded_forward_matches_single_device():
 def test_constrain_is_noop_without_mesh():
     x = jnp.ones((4, 3))
     assert sharding.constrain(x, ("batch", None)) is x
+
+
+def test_mesh_that_does_not_use_the_devices_is_one_clear_error():
+    with pytest.raises(ValueError, match="mesh data=3 x fsdp=1 x tensor=1 needs 3 devices but 8 are available"):
+        sharding.make_mesh({"data": 3})
+    with pytest.raises(ValueError, match="8 devices do not divide by the fixed mesh axes data=-1 x fsdp=3"):
+        sharding.make_mesh({"fsdp": 3})
+    with pytest.raises(ValueError, match="8 devices do not split into 3 slices"):
+        sharding.make_mesh({"data": -1}, dcn_shape={"data": 3})
+    # fake CPU devices are one slice in one process: asking for two is refused, not guessed
+    with pytest.raises(ValueError, match="asks for 2 slices.*set mesh.dcn_"):
+        sharding.make_mesh({"data": -1}, dcn_shape={"data": 2})
+
+
+def test_mesh_from_config_defaults_to_one_slice():
+    from configs.common import mesh_config
+
+    c = mesh_config()
+    assert (c.dcn_data, c.dcn_fsdp) == (1, 1)
+    c.shape = {"data": 2, "fsdp": -1, "tensor": 2}
+    mesh = sharding.mesh_from_config(c)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert list(mesh.devices.flat) == jax.devices()  # create_device_mesh keeps CPU devices in order
+
+
+def test_training_batch_must_split_over_the_data_axes():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    x = np.zeros((2, 6, 3), np.int32)  # [accum, micro-batch of 6, T]
+    with pytest.raises(ValueError, match="micro-batch of 6 rows does not divide over the 4 data-parallel shards"):
+        sharding.shard_batch(x, mesh, batch_axis=1, strict=True)
+    assert sharding.shard_batch(x, mesh, batch_axis=1).sharding.is_fully_replicated  # inference: replicated
+    assert sharding.shard_batch(np.zeros((2, 8, 3)), mesh, batch_axis=1, strict=True).sharding.spec == P(
+        None, ("data", "fsdp"), None)

@@ -49,7 +49,8 @@ def loss_fn(model, batch):
 
 def config(steps):
     c = ml_collections.ConfigDict()
-    c.mesh = ml_collections.ConfigDict({"shape": {"data": -1}, "rules": None})
+    # micro-batches of 2 rows: data-parallel over 2 devices, the rest of the devices on tensor
+    c.mesh = ml_collections.ConfigDict({"shape": {"data": 2, "tensor": -1}, "rules": None})
     c.train = ml_collections.ConfigDict(dict(
         steps=steps, grad_accum_steps=2, trainable=[r"fusion\..*"], save_every=1, keep=3, log_every=1,
         eval_every=1, seed=0, tensorboard=False, async_checkpoint=True))

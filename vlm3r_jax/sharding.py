@@ -73,31 +73,73 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(out)
 
 
-def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds a ``(data, fsdp, tensor)`` mesh with ``AxisType.Auto``.
-
-    ``shape`` maps axis name to size; one axis may be ``-1`` to take the remaining
-    devices. Missing axes default to 1, except ``data`` which defaults to ``-1``.
-    """
-    devices = list(devices if devices is not None else jax.devices())
+def _axis_sizes(shape: Mapping[str, int] | None, default_data: int, what: str) -> dict[str, int]:
     shape = dict(shape or {})
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
-        raise ValueError(f"unknown mesh axes {sorted(unknown)}; valid axes are {MESH_AXES}")
-    sizes = {ax: int(shape.get(ax, -1 if ax == "data" else 1)) for ax in MESH_AXES}
+        raise ValueError(f"unknown {what} axes {sorted(unknown)}; valid axes are {MESH_AXES}")
+    return {ax: int(shape.get(ax, default_data if ax == "data" else 1)) for ax in MESH_AXES}
+
+
+def _fmt_axes(sizes: Mapping[str, int]) -> str:
+    return " x ".join(f"{a}={s}" for a, s in sizes.items())
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None,
+              dcn_shape: Mapping[str, int] | None = None) -> Mesh:
+    """Builds a ``(data, fsdp, tensor)`` mesh with ``AxisType.Auto`` over all ``devices``.
+
+    ``shape`` maps axis name to its size within one slice; one axis may be ``-1`` to take the
+    remaining devices. Missing axes default to 1, except ``data`` which defaults to ``-1``.
+    ``dcn_shape`` (e.g. ``{"data": 2}``) splits axes across slices (TPU multi-slice) or hosts
+    (GPU nodes), whose links are slower; the mesh axis is then ``shape[a] * dcn_shape[a]``.
+    Device order comes from ``mesh_utils.create_device_mesh`` / ``create_hybrid_device_mesh``,
+    which lay axes along the physical interconnect. The mesh must use every device.
+    """
+    from jax.experimental import mesh_utils
+
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = _axis_sizes(shape, -1, "mesh")
+    dcn = _axis_sizes(dcn_shape, 1, "mesh.dcn")
+    if any(s < 1 for s in dcn.values()):
+        raise ValueError(f"mesh.dcn sizes must be >= 1, got {_fmt_axes(dcn)}")
+    slices = math.prod(dcn.values())
+    if len(devices) % slices:
+        raise ValueError(f"{len(devices)} devices do not split into {slices} slices ({_fmt_axes(dcn)})")
+    per_slice = len(devices) // slices
     fill = [ax for ax, s in sizes.items() if s == -1]
     if len(fill) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {fill}")
     known = math.prod(s for s in sizes.values() if s != -1)
     if fill:
-        if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices do not divide by the fixed mesh axes {sizes}")
-        sizes[fill[0]] = len(devices) // known
-    total = math.prod(sizes.values())
-    if total > len(devices):
-        raise ValueError(f"mesh {sizes} needs {total} devices but only {len(devices)} are available")
-    dev = np.asarray(devices[:total]).reshape([sizes[a] for a in MESH_AXES])
+        if per_slice % known:
+            raise ValueError(f"{per_slice} devices do not divide by the fixed mesh axes {_fmt_axes(sizes)}; "
+                             "change mesh.shape")
+        sizes[fill[0]] = per_slice // known
+    total = math.prod(sizes.values()) * slices
+    if total != len(devices):
+        raise ValueError(f"mesh {_fmt_axes({a: sizes[a] * dcn[a] for a in MESH_AXES})} needs {total} devices but "
+                         f"{len(devices)} are available; change mesh.shape (one axis may be -1)")
+    ici_shape = [sizes[a] for a in MESH_AXES]
+    if slices == 1:
+        dev = mesh_utils.create_device_mesh(ici_shape, devices, allow_split_physical_axes=True)
+    else:
+        granules = {getattr(d, "slice_index", None) for d in devices}
+        by_process = None in granules  # GPU nodes: each process is a granule
+        try:
+            dev = mesh_utils.create_hybrid_device_mesh(ici_shape, [dcn[a] for a in MESH_AXES], devices,
+                                                       process_is_granule=by_process, allow_split_physical_axes=True)
+        except (ValueError, AssertionError) as e:
+            raise ValueError(f"mesh.dcn {_fmt_axes(dcn)} asks for {slices} slices, but the {len(devices)} devices "
+                             f"do not form them ({e}); set mesh.dcn_* to 1 on a single slice") from e
     return Mesh(dev, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_from_config(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh a config's ``mesh`` block describes: ``shape`` per slice and ``dcn_data`` /
+    ``dcn_fsdp`` across slices (see ``configs/common.py``)."""
+    dcn = {a: int(mesh_cfg.get(f"dcn_{a}", 1) or 1) for a in ("data", "fsdp")}
+    return make_mesh(dict(mesh_cfg.shape), devices=devices, dcn_shape=dcn)
 
 
 def _rule_lookup(rules: LogicalRules) -> dict[str, Any]:
@@ -190,17 +232,40 @@ def batch_sharding(
     return NamedSharding(mesh, spec)
 
 
-def shard_batch(batch: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES, batch_axis: int = 0) -> Any:
+def batch_shards(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> dict[str, int]:
+    """The mesh axes (size > 1) that the ``batch`` rule splits rows over, with their sizes."""
+    axes = _rule_lookup(rules).get("batch")
+    axes_t = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return {a: int(mesh.shape[a]) for a in axes_t if mesh.shape.get(a, 1) > 1}
+
+
+def check_batch_divides(rows: int, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES, what: str = "micro-batch") -> None:
+    """Training must not silently replicate a batch that does not split over the data axes
+    (every device would compute every row): one clear error instead."""
+    shards = batch_shards(mesh, rules)
+    n = math.prod(shards.values())
+    if rows % n:
+        raise ValueError(
+            f"{what} of {rows} rows does not divide over the {n} data-parallel shards "
+            f"({_fmt_axes(shards)} of mesh {dict(mesh.shape)}); make the global batch / grad_accum_steps a "
+            f"multiple of {n} or shrink mesh.shape's data/fsdp axes")
+
+
+def shard_batch(batch: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES, batch_axis: int = 0,
+                strict: bool = False) -> Any:
     """Places a pytree of host arrays on the mesh, axis ``batch_axis`` split over ``batch``
     (``batch_axis=1`` for ``[accum, micro_batch, ...]`` gradient-accumulation batches).
 
-    Batch dimensions that do not divide by the data-parallel size are replicated.
+    Batch dimensions that do not divide by the data-parallel size are replicated (inference
+    and evaluation tails), or raise with ``strict=True`` (training).
     """
 
     def one(x: Any) -> Any:
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
         if x.ndim <= batch_axis:
             return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+        if strict:
+            check_batch_divides(x.shape[batch_axis], mesh, rules)
         names = [None] * x.ndim
         names[batch_axis] = "batch"
         spec = logical_to_spec(tuple(names), x.shape, mesh, rules)
@@ -222,6 +287,11 @@ def use_mesh(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Iterator[Mesh]:
             yield mesh
     finally:
         _ACTIVE.reset(token)
+
+
+def active_mesh() -> tuple[Mesh, tuple] | None:
+    """(mesh, rules) activated by :func:`use_mesh`, or None outside it."""
+    return _ACTIVE.get()
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

@@ -208,8 +208,10 @@ class Qwen2Attention(nnx.Module):
         kv: tuple[jax.Array, jax.Array] | None,
         start: jax.Array | None,
         implementation: str,
+        padding: Mapping[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """x [B, T, D]; mask bool [B, 1, T, S] or None (= causal); kv: this layer's cache
+        """x [B, T, D]; mask bool [B, 1, T, S] or None (= causal); padding: the causal case's
+        ``segment_ids``/``q_lengths``/``kv_lengths`` for fused kernels; kv: this layer's cache
         ([B, S, Nkv, H] each) written at slot ``start`` -> ([B, T, D], updated kv)."""
         cfg = self.cfg
         b, t, _ = x.shape
@@ -225,7 +227,8 @@ class Qwen2Attention(nnx.Module):
             kv = (ck, cv)
             k, v = ck.astype(q.dtype), cv.astype(q.dtype)
         out = dot_product_attention(
-            q, k, v, mask=mask, is_causal=mask is None, scale=cfg.head_dim**-0.5, implementation=implementation
+            q, k, v, mask=mask, is_causal=mask is None, scale=cfg.head_dim**-0.5, implementation=implementation,
+            **(padding or {}),
         )
         out = constrain(out, ("batch", "length", "act_heads", None))
         return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), kv
@@ -254,8 +257,8 @@ class Qwen2Layer(nnx.Module):
         self.post_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
         self.mlp = Qwen2MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, kv, start, implementation):
-        h, kv = self.attn(self.input_norm(x), cos, sin, mask, kv, start, implementation)
+    def __call__(self, x, cos, sin, mask, kv, start, implementation, padding=None):
+        h, kv = self.attn(self.input_norm(x), cos, sin, mask, kv, start, implementation, padding)
         x = x + h
         x = x + self.mlp(self.post_norm(x))
         return constrain(x, ("batch", "length", "act_embed")), kv
@@ -319,13 +322,15 @@ class Qwen2(nnx.Module):
         positions: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
+        right_padded: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
         """Runs the decoder without the LM head -> (final-normed hidden [B, T, D], cache).
 
         input_ids int [B, T] or inputs_embeds [B, T, D] (exactly one); attention_mask [B, T]
-        (1 = real token, 0 = padding, left or right); positions int [B, T] (default: from the
-        mask, continuing from ``cache.lengths``). With ``cache`` the T tokens are written at slots
-        ``cache.end ... cache.end + T - 1`` and attend to every earlier valid slot.
+        (1 = real token, 0 = padding, left or right; ``right_padded=True`` promises right padding,
+        which lets cuDNN take lengths instead of a dense mask); positions int [B, T] (default: from
+        the mask, continuing from ``cache.lengths``). With ``cache`` the T tokens are written at
+        slots ``cache.end ... cache.end + T - 1`` and attend to every earlier valid slot.
         """
         cfg = self.cfg
         if (input_ids is None) == (inputs_embeds is None):
@@ -335,7 +340,7 @@ class Qwen2(nnx.Module):
         x = constrain(x, ("batch", "length", "act_embed"))
         tok_mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
         impl = resolve_implementation(cfg.attention_impl)
-        start = None
+        start, padding = None, None
         if cache is None:
             if positions is None:
                 positions = (
@@ -343,8 +348,16 @@ class Qwen2(nnx.Module):
                     if attention_mask is None
                     else positions_from_mask(tok_mask)
                 )
-            # mask None means "plain causal", which lets fused kernels skip the mask tensor.
-            mask = None if attention_mask is None else (tok_mask[:, None, None, :] & jnp.tril(jnp.ones((t, t), bool)))
+            # mask None means "plain causal", which lets fused kernels skip the mask tensor; padding
+            # then travels as segment ids (splash: any side) or lengths (cuDNN: right padding only).
+            mask = None
+            if attention_mask is not None and impl == "splash":
+                padding = {"segment_ids": tok_mask.astype(jnp.int32)}
+            elif attention_mask is not None and impl == "cudnn" and right_padded:
+                lengths = jnp.sum(tok_mask, axis=1, dtype=jnp.int32)
+                padding = {"q_lengths": lengths, "kv_lengths": lengths}
+            elif attention_mask is not None:
+                mask = tok_mask[:, None, None, :] & jnp.tril(jnp.ones((t, t), bool))
         else:
             start = cache.end
             if positions is None:
@@ -353,13 +366,13 @@ class Qwen2(nnx.Module):
             slots = jnp.arange(cache.max_len)
             causal = slots[None, :] <= (start + jnp.arange(t))[:, None]  # [T, S]
             mask = slot_mask[:, None, None, :] & causal[None, None]
-            if impl == "cudnn":
-                impl = "xla"  # cuDNN flash rejects arbitrary masks / single-query steps
+            if impl in ("cudnn", "splash"):
+                impl = "xla"  # the fused kernels reject arbitrary masks / single-query steps
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = layer(x, cos, sin, mask, kv, start, impl)
+            x, kv = layer(x, cos, sin, mask, kv, start, impl, padding)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
@@ -376,10 +389,12 @@ class Qwen2(nnx.Module):
         positions: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
+        right_padded: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
         """Same inputs as :meth:`hidden_states` -> (logits [B, T, vocab] in the compute dtype, cache)."""
         h, cache = self.hidden_states(
-            input_ids, inputs_embeds=inputs_embeds, positions=positions, attention_mask=attention_mask, cache=cache
+            input_ids, inputs_embeds=inputs_embeds, positions=positions, attention_mask=attention_mask, cache=cache,
+            right_padded=right_padded,
         )
         logits = self.head(h)
         return constrain(logits, ("batch", "length", "act_vocab")), cache

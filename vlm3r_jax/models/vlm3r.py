@@ -236,7 +236,9 @@ class VLM3R(nnx.Module):
         sp = self.embed_prompt(input_ids, frames, attention_mask=attention_mask, labels=labels,
                                geometry_tokens=geometry_tokens)
         mask = None if attention_mask is None else sp["attention_mask"]
-        logits, _ = self.llm(inputs_embeds=sp["inputs_embeds"], positions=sp["positions"], attention_mask=mask)
+        # splice_video keeps rows right-padded, so cuDNN can take lengths instead of a dense mask
+        logits, _ = self.llm(inputs_embeds=sp["inputs_embeds"], positions=sp["positions"], attention_mask=mask,
+                             right_padded=True)
         return logits, sp
 
 

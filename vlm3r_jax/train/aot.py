@@ -80,11 +80,15 @@ TPU_TOPOLOGIES: dict[str, TpuTopology] = {
 LOCAL_TOPOLOGIES = ("cpu", "local")
 
 
-def topology_devices(topology: str) -> list[Any]:
+def topology_devices(topology: str, num_slices: int = 1) -> list[Any]:
     """Devices to build the mesh from: the local ones for ``cpu``/``local``, otherwise the
-    (abstract) devices of a TPU slice named like ``v5p-64``. Raises with the fix when the name is
-    unknown or ``libtpu`` is missing/unusable."""
+    (abstract) devices of ``num_slices`` TPU slices named like ``v5p-64`` (each device knows its
+    ``slice_index``). Raises with the fix when the name is unknown or ``libtpu`` is missing/unusable."""
+    if num_slices < 1:
+        raise ValueError(f"num_slices must be >= 1, got {num_slices}")
     if topology in LOCAL_TOPOLOGIES:
+        if num_slices > 1:
+            raise ValueError(f"--num_slices {num_slices} needs a TPU topology (v5p-8, v6e-16, ...), not {topology!r}")
         return list(jax.devices())
     if topology not in TPU_TOPOLOGIES:
         raise ValueError(
@@ -107,15 +111,16 @@ def topology_devices(topology: str) -> list[Any]:
     try:
         desc = topologies.get_topology_desc(
             topology_name=spec.topology_name, platform="tpu", chip_config_name=spec.chip_config_name,
-            chips_per_host_bounds=spec.chips_per_host_bounds, num_slices=1, wrap=(False, False, False))
+            chips_per_host_bounds=spec.chips_per_host_bounds, num_slices=num_slices, wrap=(False, False, False))
     except Exception as e:  # libtpu raises XlaRuntimeError subclasses with the real reason inside
         raise RuntimeError(
             f"libtpu could not describe topology {topology} ({spec.topology_name}): {e}. If the message "
             "mentions /tmp/libtpu_lockfile another process holds libtpu: wait for it, or remove the stale file."
         ) from e
     devices = list(desc.devices)
-    if len(devices) != spec.num_devices:
-        raise RuntimeError(f"{topology}: libtpu returned {len(devices)} devices, expected {spec.num_devices}")
+    if len(devices) != spec.num_devices * num_slices:
+        raise RuntimeError(f"{topology} x {num_slices}: libtpu returned {len(devices)} devices, expected "
+                           f"{spec.num_devices * num_slices}")
     return devices
 
 
@@ -284,15 +289,21 @@ def _with_sharding(tree: Any, shardings: Any) -> Any:
 
 
 def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
-                       devices: Sequence[Any] | None = None) -> AotResult:
-    """Lowers and compiles ``make_train_step`` for ``topology`` with the shardings the real run
-    uses (params/optimizer state from logical axes, batch over ``batch``, old state donated)."""
-    devices = list(devices) if devices is not None else topology_devices(topology)
+                       devices: Sequence[Any] | None = None, num_slices: int = 1) -> AotResult:
+    """Lowers and compiles ``make_train_step`` for ``topology`` (``num_slices`` of them joined
+    over DCN) with the shardings the real run uses (params/optimizer state from logical axes,
+    batch over ``batch``, old state donated)."""
+    devices = list(devices) if devices is not None else topology_devices(topology, num_slices)
     cfg = ml_collections.ConfigDict(cfg.to_dict())  # unlocked copy
     accum = int(cfg.train.get("grad_accum_steps", 1))
     if "data" in cfg and not cfg.data.get("global_batch", 0):
         cfg.data.global_batch = len(devices) * accum  # one row per device per micro-batch
-    mesh = sharding.make_mesh(dict(cfg.mesh.shape), devices=devices)
+    dcn = int(cfg.mesh.get("dcn_data", 1) or 1) * int(cfg.mesh.get("dcn_fsdp", 1) or 1)
+    if num_slices > 1 and dcn == 1:
+        cfg.mesh.dcn_data = num_slices  # data parallel across slices, as MaxText does by default
+    elif dcn != num_slices:
+        raise ValueError(f"mesh.dcn_data x mesh.dcn_fsdp = {dcn} but --num_slices is {num_slices}; make them equal")
+    mesh = sharding.mesh_from_config(cfg.mesh, devices=devices)
     rules = sharding.rules_from_config(cfg.mesh.get("rules"))
     spec = get_model_builder(cfg.model.builder)(cfg)
     tc = cfg.train
@@ -313,6 +324,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
     batch = {k: micro(v) for k, v in spec.batch.items()}
     batch_sh = {}
     for k, v in batch.items():
+        sharding.check_batch_divides(v.shape[1], mesh, rules, f"micro-batch of {k!r}")
         names = (None, "batch") + (None,) * (len(v.shape) - 2)
         batch_sh[k] = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(names, v.shape, mesh, rules))
 
@@ -338,7 +350,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
     hbm = TPU_TOPOLOGIES[topology].hbm_gib * GiB if topology in TPU_TOPOLOGIES else None
     tokens = float(np.prod(next(iter(spec.batch.values())).shape[:2]))
     return AotResult(
-        topology=topology, mesh_shape={k: int(v) for k, v in mesh.shape.items()}, num_devices=len(devices),
+        topology=topology if num_slices == 1 else f"{num_slices}x{topology}", mesh_shape={k: int(v) for k, v in mesh.shape.items()}, num_devices=len(devices),
         compiled=compiled, memory=memory_summary(compiled), hbm_bytes=hbm,
         trainable_params=_count(params), frozen_params=_count(nnx.state(frozen, nnx.Param)),
         flops_per_step=spec.flops_per_token * tokens if spec.flops_per_token else None,

@@ -151,18 +151,18 @@ def _batch_mesh_axes(mesh: Mesh, rules: sharding.LogicalRules, ndim: int, batch_
 
 
 def global_batch(local_batch: Any, mesh: Mesh, rules: sharding.LogicalRules = sharding.DEFAULT_RULES,
-                 batch_axis: int = 0) -> Any:
+                 batch_axis: int = 0, strict: bool = False) -> Any:
     """A pytree of this process's host arrays -> global ``jax.Array``s sharded over ``batch``.
 
     Single process: exactly :func:`vlm3r_jax.sharding.shard_batch` (a batch dimension that does
-    not divide by the data-parallel size is replicated). Several processes: axis ``batch_axis``
+    not divide by the data-parallel size is replicated, or raises with ``strict=True``). Several processes: axis ``batch_axis``
     of each leaf is this process's slice; the global size is the local size times the number of
     processes that hold different batch shards (processes that are replicas along the batch
     axes, e.g. under pure tensor parallelism, must feed identical data). Leaves with fewer than
     ``batch_axis + 1`` dims are replicated and must be equal on every process.
     """
     if jax.process_count() == 1:
-        return sharding.shard_batch(local_batch, mesh, rules, batch_axis=batch_axis)
+        return sharding.shard_batch(local_batch, mesh, rules, batch_axis=batch_axis, strict=strict)
 
     def one(x: Any) -> jax.Array:
         x = np.asarray(x)

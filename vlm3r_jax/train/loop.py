@@ -134,7 +134,7 @@ def train(
     max_seconds = float(tc.get("max_seconds", 0) or 0)
     deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
     ensure_workdir(workdir)
-    mesh = sharding.make_mesh(dict(cfg.mesh.shape))
+    mesh = sharding.mesh_from_config(cfg.mesh)
     rules = sharding.rules_from_config(cfg.mesh.get("rules"))
     model.train()
     graphdef, params, frozen = split_trainable(model, list(tc.trainable), include_lora=tc.get("train_lora", True))
@@ -168,7 +168,7 @@ def train(
             for step in range(start, tc.steps):
                 t0 = time.perf_counter()
                 host = next(data_iter)
-                batch = distributed.global_batch(_to_micro(host, accum), mesh, rules, batch_axis=1)
+                batch = distributed.global_batch(_to_micro(host, accum), mesh, rules, batch_axis=1, strict=True)
                 t1 = time.perf_counter()
                 state, metrics = step_fn(state, frozen, batch)
                 loss = float(distributed.to_host(metrics["loss"]))  # also the sync point that makes the timing honest
