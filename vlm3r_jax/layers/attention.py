@@ -129,6 +129,7 @@ def _key_mask(mask, tq: int) -> jax.Array | None:
 
 def _splash(q, k, v, mask, bias, scale, is_causal, segs, auto: bool):
     """The splash call, or None when it cannot express the request (then the dense path runs)."""
+    # imported here: the Pallas TPU modules take seconds to import and CPU/GPU runs never need them
     from vlm3r_jax.layers import splash
 
     b, tq, tk = q.shape[0], q.shape[1], k.shape[1]
