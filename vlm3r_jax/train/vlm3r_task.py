@@ -10,6 +10,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from data_pipeline import geometry_cache
 from data_pipeline.pipeline import PipelineConfig, make_iterator
 from data_pipeline.sources import make_source
 from data_pipeline.tokenizer import QwenTokenizer
@@ -87,24 +88,42 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, Qwe
     return vcfg, model, tok
 
 
-def pipeline_config(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, mode: str = "train") -> PipelineConfig:
+def geometry_key(cfg: ml_collections.ConfigDict, model: VLM3R) -> str:
+    """The cache key a geometry cache must carry to stand in for this model's CUT3R on this data
+    config (``config.data.geometry_cache``; data_pipeline/geometry_cache.py). Checks the cache's
+    manifest, so a cache built for other weights fails here, before any worker starts."""
     d = cfg.data
+    if model.spatial_tower is None:
+        raise ValueError("config.data.geometry_cache is set but the model has no CUT3R (model.geometry)")
+    fp = geometry_cache.cut3r_fingerprint(model.cfg.geometry, model.cfg.geometry_image_size,
+                                          nnx.state(model.spatial_tower, nnx.Param))
+    key = geometry_cache.cache_key(fp, d.num_frames, d.siglip_size, d.get("frames_dir_fps", 2.0))
+    geometry_cache.check_manifest(d.geometry_cache, key)
+    return key
+
+
+def pipeline_config(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, mode: str = "train",
+                    geometry_key: str = "") -> PipelineConfig:
+    d = cfg.data
+    cache = d.get("geometry_cache", "") or ""
     return PipelineConfig(
         num_frames=d.num_frames, siglip_size=d.siglip_size, geometry_size=None, mode=mode,
         batch_size=cfg.train.batch_size, length_buckets=tuple(d.length_buckets), seed=cfg.train.seed,
         num_epochs=None if mode == "train" else 1, drop_remainder=mode == "train", worker_count=d.worker_count,
         add_time_instruction=d.add_time_instruction and mode == "train", label_policy=d.label_policy,
         max_length=vcfg.model_max_length, video_tokens_per_frame=vcfg.projector.tokens_per_frame(),
-        video_cache_size=d.get("video_cache_size", 0))
+        video_cache_size=d.get("video_cache_size", 0), geometry_cache=cache,
+        geometry_key=geometry_key if cache else "", geometry_select=vcfg.spatial_select,
+        video_root=d.root if cache else "")
 
 
-def train_iterator(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, tok: QwenTokenizer):
+def train_iterator(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, tok: QwenTokenizer, geometry_key: str = ""):
     d = cfg.data
     if not d.root or not os.path.isdir(d.root):
         raise FileNotFoundError(f"config.data.root={d.root!r} is not a directory (make one with data_pipeline.make_dataset)")
     files = [f if os.path.isabs(f) else os.path.join(d.root, f) for f in d.train_files]
     source = make_source(d.source_kind, files, video_root=d.root)
-    return make_iterator(source, tok, pipeline_config(cfg, vcfg, "train"))
+    return make_iterator(source, tok, pipeline_config(cfg, vcfg, "train", geometry_key))
 
 
 def vlm3r_loss(model: VLM3R, batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -135,7 +154,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
     the checkpoint holds the run, and a preemption grace period is too short to export a large model."""
 
     vcfg, model, tok = build_model(cfg)
-    it = train_iterator(cfg, vcfg, tok)
+    if cfg.data.get("geometry_cache"):
+        it = train_iterator(cfg, vcfg, tok, geometry_key(cfg, model))
+    else:
+        it = train_iterator(cfg, vcfg, tok)
     try:
         result = loop.train(cfg, workdir, model, vlm3r_loss, it, flops_per_token=flops_per_token(vcfg),
                        peak_flops=cfg.train.get("peak_flops", None), eval_hook=eval_hook, progress=progress)
