@@ -21,6 +21,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from etils import epath
+
+from vlm3r_jax import storage
 from vlm3r_jax.eval import metrics, report, tasks
 from vlm3r_jax.eval.dataset import Pending, eval_dataset, eval_iterator  # noqa: F401 - eval_dataset: public here too
 from vlm3r_jax.eval.scorers import SCORERS
@@ -130,7 +133,7 @@ def run_eval(
         raise ValueError("records have duplicate ids; resuming keys on ids, make them unique")
     if zero_target == "raise":
         _check_zero_targets(records, benchmark)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)  # a path or a URI (gs://...)
     samples_path = os.path.join(workdir, SAMPLES_FILE)
     done = read_samples(samples_path, repair=writer)  # only the writer may cut a torn line
     # as it reads back from the file (tuples become lists), so equal runs compare equal
@@ -139,8 +142,8 @@ def run_eval(
     if stale:  # resuming would mix (or reuse) another predictor's answers
         done = {}
         if writer:
-            if os.path.exists(samples_path):
-                os.replace(samples_path, samples_path + ".stale")
+            if storage.exists(samples_path):
+                epath.Path(samples_path).rename(samples_path + ".stale")
             log.warning("%s: %s; the earlier samples are in %s.stale and this run starts over",
                         workdir, stale, samples_path)
     if writer:

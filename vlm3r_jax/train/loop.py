@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from vlm3r_jax import sharding
+from vlm3r_jax import sharding, storage
 from vlm3r_jax.train import distributed
 from vlm3r_jax.train.checkpoint import Checkpointer, PreemptionGuard, abstract_like
 from vlm3r_jax.train.metrics import create_writer
@@ -112,7 +112,7 @@ def train(
     tc = cfg.train
     max_seconds = float(tc.get("max_seconds", 0) or 0)
     deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
-    os.makedirs(workdir, exist_ok=True)
+    storage.check_writable(workdir)  # a path or URI; a bucket without permission fails here, in one line
     mesh = sharding.make_mesh(dict(cfg.mesh.shape))
     rules = sharding.rules_from_config(cfg.mesh.get("rules"))
     model.train()

@@ -14,6 +14,7 @@ from data_pipeline import geometry_cache
 from data_pipeline.pipeline import PipelineConfig, make_iterator
 from data_pipeline.sources import make_source
 from data_pipeline.tokenizer import QwenTokenizer
+from vlm3r_jax import storage
 from vlm3r_jax.convert import vlm3r_ours
 from vlm3r_jax.convert.hub import VLM3R_FILES, resolve
 from vlm3r_jax.convert.vlm3r_release import load_release
@@ -167,6 +168,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
         return result, None
     trained = nnx.merge(result.graphdef, result.state.params, result.frozen)
     trained.eval()
-    out = os.path.join(workdir, "model")
-    vlm3r_ours.save_ours(out, vcfg, trained, tok, num_frames=cfg.data.num_frames)
+    out = storage.join(workdir, "model")
+    with storage.local_dir(out) as local:  # save_ours writes local files; a URI work dir gets a copy
+        vlm3r_ours.save_ours(local, vcfg, trained, tok, num_frames=cfg.data.num_frames)
     return result, out
