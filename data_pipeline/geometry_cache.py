@@ -31,6 +31,8 @@ import jax
 import numpy as np
 from etils import epath
 
+from vlm3r_jax import storage
+
 CACHE_KEYS = ("camera_tokens", "patch_tokens")
 MANIFEST = "geometry_cache.json"
 FORMAT_VERSION = 1
@@ -107,8 +109,8 @@ def write_manifest(cache_dir: str, key: str, overwrite: bool = False) -> None:
             raise GeometryCacheError(f"{cache_dir}: this cache was built with {_differs(found, key)}; "
                                      "use a new --out dir or --overwrite")
         return
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(p, key.encode())
+    storage.makedirs(cache_dir)
+    storage.write_atomic(os.fspath(p), key)
 
 
 def check_manifest(cache_dir: str, key: str) -> None:
@@ -121,14 +123,6 @@ def check_manifest(cache_dir: str, key: str) -> None:
     if json.loads(found) != json.loads(key):
         raise GeometryCacheError(f"{cache_dir}: cache built with {_differs(found, key)}; rebuild it with "
                                  "python -m launch.extract_geometry for this model and data config")
-
-
-def write_atomic(path: epath.Path, data: bytes) -> None:
-    """Temporary name, then rename: a reader never sees half an entry (on object stores the
-    rename is a copy of a finished object)."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_bytes(data)
-    tmp.rename(path)
 
 
 def _encode(arrays: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:
@@ -170,9 +164,8 @@ def save_entry(path: str, tokens: np.ndarray, key: str, video_fp: str, out_dtype
     arrays = {"camera_tokens": tokens[:, :1].astype(dt), "patch_tokens": tokens[:, 1:].astype(dt)}
     meta = {"key": key, "video": video_fp,
             "tokens": _digest(*(np.ascontiguousarray(arrays[k]).tobytes() for k in CACHE_KEYS))}
-    p = epath.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(p, _encode(arrays, meta))
+    storage.makedirs(os.path.dirname(path))
+    storage.write_atomic(path, _encode(arrays, meta))  # temp + rename locally, one object write on a bucket
 
 
 def read_entry_unchecked(path: str) -> tuple[np.ndarray, dict[str, str]]:

@@ -114,12 +114,13 @@ def extract(config, videos: str, out: str, limit: int = 0, overwrite: bool = Fal
     from data_pipeline import geometry_cache
     from data_pipeline.video import load_video
     from data_pipeline.views import ViewConfig, siglip_view
+    from vlm3r_jax import storage
 
     ex = config.extract
     todo = list(iter_videos(videos, tuple(ex.video_exts)))
     if limit:
         todo = todo[:limit]
-    pending = [r for r in todo if overwrite or not os.path.exists(cache_path(r, out, ex.format))]
+    pending = [r for r in todo if overwrite or not storage.exists(cache_path(r, out, ex.format))]
     print(f"{len(todo)} videos, {len(todo) - len(pending)} already done, {len(pending)} to extract", file=sys.stderr)
     if not pending:
         return []

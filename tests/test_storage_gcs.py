@@ -68,6 +68,7 @@ def _losses(workdir):
     return [by_step[s] for s in sorted(by_step)]
 
 
+@pytest.mark.slow  # ~80 s: three training subprocesses
 def test_kill9_and_resume_from_the_bucket_matches_uninterrupted(gcs):
     from etils import epath
 
@@ -133,3 +134,8 @@ def test_an_unwritable_location_is_one_line(gcs):
     with pytest.raises(OSError) as e:
         storage.check_writable("gs://no-such-bucket-here/run")
     assert "no-such-bucket-here" in str(e.value) and "\n" not in str(e.value)
+    r = subprocess.run([sys.executable, "-m", "launch.train", "--config", "configs/demo_tiny.py", "--workdir",
+                        "gs://no-such-bucket-here/run"], cwd=ROOT, env={**os.environ, **gcs, "PYTHONPATH": ROOT},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "error: gs://no-such-bucket-here/run: " in r.stderr

@@ -97,6 +97,15 @@ def write_atomic(path: str, data: bytes | str) -> None:
         raise
 
 
+def replace(src: str, dst: str) -> None:
+    """Moves ``src`` over ``dst`` (``os.replace`` locally; copy + delete on an object store)."""
+    if not is_uri(src):
+        os.replace(src, dst)
+        return
+    write_atomic(dst, read_bytes(src))
+    epath.Path(src).unlink()
+
+
 def append_text(path: str, text: str) -> None:
     """Appends ``text`` (whole lines). On object stores: read + rewrite the object."""
     if not is_uri(path):

@@ -21,8 +21,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from etils import epath
-
 from vlm3r_jax import storage
 from vlm3r_jax.eval import metrics, report, tasks
 from vlm3r_jax.eval.dataset import Pending, eval_dataset, eval_iterator  # noqa: F401 - eval_dataset: public here too
@@ -143,7 +141,7 @@ def run_eval(
         done = {}
         if writer:
             if storage.exists(samples_path):
-                epath.Path(samples_path).rename(samples_path + ".stale")
+                storage.replace(samples_path, samples_path + ".stale")
             log.warning("%s: %s; the earlier samples are in %s.stale and this run starts over",
                         workdir, stale, samples_path)
     if writer:

@@ -154,6 +154,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
     Returns ``(result, model_dir)``. After a SIGTERM (``result.preempted``) ``model_dir`` is None:
     the checkpoint holds the run, and a preemption grace period is too short to export a large model."""
 
+    storage.check_writable(workdir)  # a bucket without permission fails before the model is built
     vcfg, model, tok = build_model(cfg)
     if cfg.data.get("geometry_cache"):
         it = train_iterator(cfg, vcfg, tok, geometry_key(cfg, model))
