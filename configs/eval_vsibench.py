@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint = ""  # our dir, a released LoRA dir, or a Hub id (Journey9ni/vlm-3r-llava-qwen2-lora[@rev])
     c.base = ""  # LLaVA-Video-Qwen2 base dir or Hub id (lmms-lab/LLaVA-NeXT-Video-7B-Qwen2), released LoRA only
     c.geometry = ""  # CUT3R .pth, for released-format checkpoints
+    # CUT3R token cache (launch.extract_geometry --videos <data_root> --out DIR): skip CUT3R; refused
+    # unless built with this model's CUT3R weights and num_frames (data_pipeline/geometry_cache.py)
+    c.geometry_cache = ""
     c.dtype = ""  # forwarded to api.load_vlm3r when set
     c.predictor = ""  # "" = "model" when checkpoint is set else "chance"; or "chance" | "prior" | "model"
     c.prior_records = ""  # records file the blind prior is fitted on (default: the evaluated records)

@@ -86,6 +86,16 @@ def cache_key(cut3r: str, num_frames: int, siglip_size: int, frames_dir_fps: flo
     return json.dumps({"version": FORMAT_VERSION, "cut3r": cut3r, "sampling": sampling}, sort_keys=True)
 
 
+def key_for_model(model: Any, num_frames: int, siglip_size: int, frames_dir_fps: float = 2.0) -> str:
+    """The key a cache must carry to stand in for ``model``'s CUT3R (a ``VLM3R``) on this sampling."""
+    from flax import nnx
+
+    if model.spatial_tower is None:
+        raise ValueError("a geometry cache is configured but the model has no CUT3R (model.geometry)")
+    fp = cut3r_fingerprint(model.cfg.geometry, model.cfg.geometry_image_size, nnx.state(model.spatial_tower, nnx.Param))
+    return cache_key(fp, num_frames, siglip_size, frames_dir_fps)
+
+
 def _differs(found: str, expected: str) -> str:
     f, e = json.loads(found), json.loads(expected)
     if f.get("cut3r") != e.get("cut3r"):

@@ -66,6 +66,8 @@ def make_model_predictor(cfg: Any) -> runner.PredictFn:
             text_only=cfg.text_only,
             length_buckets=tuple(cfg.length_buckets),
             name=name,
+            geometry_cache=cfg.get("geometry_cache", "") or "",
+            video_root=cfg.data_root,
         )
     batched = getattr(model, "answer_batch", None)
     fn = batched or model.answer

@@ -153,3 +153,24 @@ def test_official_pt_features_read_without_torch(tmp_path):
     path.parent.mkdir()
     save_torch(str(path), {"camera_tokens": cam, "patch_tokens": patch})
     np.testing.assert_array_equal(load_feature_cache(str(path)), np.concatenate([cam, patch], axis=1))
+
+
+@pytest.mark.slow  # ~1-2 min: CUT3R compiles for the extraction and inside the online decoder
+def test_eval_predictor_answers_the_same_from_the_cache(tmp_path):
+    from _vlm3r_helpers import small_model
+
+    from vlm3r_jax.eval.sharded import ShardedVLM3RPredictor
+
+    handle = small_model(str(tmp_path), num_frames=FRAMES)
+    root = tmp_path / "bench"
+    write_barcode_video(str(root / "scannet" / "scene0.mp4"), 7, size=(40, 48), gop=4)
+    ecfg = cut3r_512_dpt.get_config()
+    ecfg.extract.update(dict(num_frames=FRAMES, siglip_size=32, cut3r_size=(32, 32), out_dtype="float32"))
+    extract(ecfg, str(root), str(tmp_path / "cache"), geo=Cut3rGeometry(handle.model.spatial_tower))
+    rec = {"id": "q0", "prompt": "How many chairs?", "video_path": str(root / "scannet" / "scene0.mp4")}
+    kw = dict(batch_size=1, num_frames=FRAMES, max_new_tokens=4, length_buckets=(64,))
+    online = ShardedVLM3RPredictor(handle, **kw)
+    cached = ShardedVLM3RPredictor(handle, **kw, geometry_cache=str(tmp_path / "cache"), video_root=str(root))
+    ex = cached.prepare(rec)
+    assert ex["example"]["geometry_tokens"].shape == (FRAMES, 1 + 4, 24)
+    assert cached([ex]) == online([online.prepare(rec)])

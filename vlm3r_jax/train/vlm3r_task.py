@@ -94,11 +94,7 @@ def geometry_key(cfg: ml_collections.ConfigDict, model: VLM3R) -> str:
     config (``config.data.geometry_cache``; data_pipeline/geometry_cache.py). Checks the cache's
     manifest, so a cache built for other weights fails here, before any worker starts."""
     d = cfg.data
-    if model.spatial_tower is None:
-        raise ValueError("config.data.geometry_cache is set but the model has no CUT3R (model.geometry)")
-    fp = geometry_cache.cut3r_fingerprint(model.cfg.geometry, model.cfg.geometry_image_size,
-                                          nnx.state(model.spatial_tower, nnx.Param))
-    key = geometry_cache.cache_key(fp, d.num_frames, d.siglip_size, d.get("frames_dir_fps", 2.0))
+    key = geometry_cache.key_for_model(model, d.num_frames, d.siglip_size, d.get("frames_dir_fps", 2.0))
     geometry_cache.check_manifest(d.geometry_cache, key)
     return key
 
