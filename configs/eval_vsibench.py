@@ -50,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Bookkeeping.
     c.check_videos = "exists"  # "none" | "exists" | "open" (PyAV decodes one frame)
+    # numeric answers: "paper" (thinking-in-space, the paper's table) | "lmms-eval" (lmms-eval 0.7:
+    # first number anywhere, number words included; VSI-Bench only)
+    c.rules = "paper"
     c.zero_target = "raise"  # NA ground truth 0: "raise" (official crashes) | "exact"
     c.retry_failed = False  # on resume, re-run samples whose line says "failed"
     c.baselines = ""  # extra table rows: "chance=/runs/chance,prior=/runs/prior"

@@ -125,6 +125,7 @@ def run(cfg: Any, workdir: str) -> dict | None:
         cfg.benchmark,
         check_videos=check_videos,
         zero_target=cfg.zero_target,
+        rules=cfg.get("rules", "paper"),
         prompt_kwargs={
             "pre_prompt": cfg.pre_prompt,
             "mc_post_prompt": cfg.mc_post_prompt,

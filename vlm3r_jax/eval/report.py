@@ -86,6 +86,18 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+RULES_DOC = {
+    "paper": "paper (thinking-in-space: first word as a float, else 0; the paper's table)",
+    "lmms-eval": "lmms-eval (0.7: first number anywhere in a numeric answer, number words included)",
+}
+
+
+def rules_line(rules: str) -> str:
+    """The line each table carries to say how numeric answers were read (the reference rows of the
+    paper used "paper")."""
+    return f"Scoring rules: {RULES_DOC.get(rules, rules)}."
+
+
 def _count_cell(key: str, counts: Mapping[str, int]) -> str:
     if key == "overall":
         return str(counts.get("_total", ""))

@@ -44,6 +44,7 @@ def _line(
     error: str | None,
     zero_target: str,
     predictor: str,
+    rules: str = "paper",
 ) -> dict:
     line = {
         "id": rec["id"],
@@ -61,7 +62,7 @@ def _line(
     if "mc_answer" in rec:
         line["mc_answer"] = rec["mc_answer"]
     if not rec.get("_malformed"):
-        res = SCORERS[benchmark].score_sample({**rec, "prediction": prediction}, zero_target)
+        res = SCORERS[benchmark].score_sample({**rec, "prediction": prediction}, zero_target, rules=rules)
         line.update(
             task=res["task"], parsed=res["parsed"], score=res["score"], metric=res["metric"], parsable=res["parsable"]
         )
@@ -93,6 +94,7 @@ def run_eval(
     predictor_name: str | None = None,
     check_videos: str = "exists",
     zero_target: str = "raise",
+    rules: str = "paper",
     prompt_kwargs: Mapping[str, str] | None = None,
     baselines: Mapping[str, Mapping[str, float]] | None = None,
     include_paper_row: bool = True,
@@ -124,7 +126,7 @@ def run_eval(
     tasks.check_benchmark(benchmark)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; must be >= 1")
-    metrics.score_numeric("0", 1, zero_target)  # validates the policy name early
+    metrics.score_numeric("0", 1, zero_target, rules=rules)  # validates the policy and rule names early
     predictor_name = predictor_name or getattr(predict_fn, "name", "model")
     ids = [str(r["id"]) for r in records]
     if len(set(ids)) != len(ids):
@@ -179,14 +181,15 @@ def run_eval(
             results = _predict_isolating(predict_fn, queue)
             for rec, (pred, err) in zip(queue, results):
                 status = "ok" if err is None else "failed"
-                appender.write(_line(rec, benchmark, pred, status, err, zero_target, predictor_name))
+                appender.write(_line(rec, benchmark, pred, status, err, zero_target, predictor_name, rules))
             bar.update(len(queue))
             queue.clear()
 
         for item in items:
             rec = item["record"]
             if item["status"] != "ready":
-                appender.write(_line(rec, benchmark, "", item["status"], item["error"], zero_target, predictor_name))
+                appender.write(_line(rec, benchmark, "", item["status"], item["error"], zero_target, predictor_name,
+                                      rules))
                 bar.update(1)
                 continue
             queue.append(rec)
@@ -206,6 +209,7 @@ def run_eval(
         benchmark,
         predictor_name=predictor_name,
         zero_target=zero_target,
+        rules=rules,
         na_defined=getattr(predict_fn, "na_defined", True),
         baselines=baselines,
         include_paper_row=include_paper_row,
@@ -236,6 +240,7 @@ def finalize(
     *,
     predictor_name: str = "model",
     zero_target: str = "raise",
+    rules: str = "paper",
     na_defined: bool = True,
     baselines: Mapping[str, Mapping[str, float]] | None = None,
     include_paper_row: bool = True,
@@ -264,7 +269,7 @@ def finalize(
             footer["failed"].append({"id": rid, "reason": "not run (no line in samples.jsonl)"})
             pairs.append((qt, 0.0))
             continue
-        res = scorer.score_sample({**rec, "prediction": line.get("prediction") or ""}, zero_target)
+        res = scorer.score_sample({**rec, "prediction": line.get("prediction") or ""}, zero_target, rules=rules)
         pairs.append((qt, res["score"]))
         if line.get("status") == "failed":
             footer["failed"].append({"id": rid, "reason": line.get("error") or "failed"})
@@ -291,7 +296,7 @@ def finalize(
     rows.update(baselines or {})
     if include_paper_row:
         rows.update(report.PAPER_ROWS[benchmark])
-    table = report.markdown_table(benchmark, rows, footer, counts)
+    table = report.markdown_table(benchmark, rows, footer, counts) + f"\n{report.rules_line(rules)}\n"
     paths = {
         "samples": os.path.join(workdir, SAMPLES_FILE),
         "scores": os.path.join(workdir, SCORES_FILE),
@@ -303,6 +308,7 @@ def finalize(
         {
             "benchmark": benchmark,
             "predictor": predictor_name,
+            "rules": rules,
             "scores": scores,
             "table_row": table_row,
             "counts": counts,
