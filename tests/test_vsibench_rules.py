@@ -84,3 +84,36 @@ def test_lmms_eval_rules_match_lmms_eval_task_code():
     for doc, mine in zip(docs, per_sample, strict=True):
         assert mine["score"] == doc.get("accuracy", doc.get("MRA:.5:.95:.05"))
     assert ours["overall"] == pytest.approx(upstream["overall"] * 100, abs=1e-9)
+    # the per-sample log we write scores the same under lmms-eval's aggregation
+    from vlm3r_jax.eval import lmms_eval_io
+
+    records = [{k: v for k, v in s.items() if k != "prediction"} for s in SAMPLES]
+    lines, _ = lmms_eval_io.sample_lines(records, {s["id"]: s["prediction"] for s in SAMPLES})
+    again = utils._compute_all_subscores([line["vsibench_overall"] for line in lines])
+    assert again["overall"] == pytest.approx(upstream["overall"], abs=1e-12)
+
+
+def test_lmms_eval_results_and_log_samples_round_trip(tmp_path):
+    """launch.eval's lmms-eval files read back through --lmms_eval_samples give the same scores."""
+    import json
+
+    from configs import eval_vsibench
+    from launch.eval import score_lmms_eval_samples
+    from vlm3r_jax.eval import lmms_eval_io
+
+    records = [{k: v for k, v in s.items() if k != "prediction"} for s in SAMPLES]
+    paths = lmms_eval_io.write(str(tmp_path), records, {s["id"]: s["prediction"] for s in SAMPLES}, "test")
+    res = json.loads(open(paths["results"]).read())["results"]["vsibench"]
+    want = vsibench.score(SAMPLES, rules="lmms-eval")
+    assert res["vsibench_overall,none"] == round(want["overall"] / 100, 6)
+    assert res["object_counting_mra,none"] == round(want["object_counting"] / 100, 6)
+    assert lmms_eval_io.read_log_samples(paths["samples"]) == [dict(s) for s in SAMPLES]
+    cfg = eval_vsibench.get_config()
+    for rules in ("paper", "lmms-eval"):
+        cfg.rules = rules
+        got = score_lmms_eval_samples(cfg, paths["samples"], str(tmp_path / rules))
+        assert got == vsibench.score(SAMPLES, rules=rules)
+        assert f"Scoring rules: {rules}" in (tmp_path / rules / "table.md").read_text()
+    with pytest.raises(ValueError, match="not an lmms-eval samples file"):
+        (tmp_path / "bad.jsonl").write_text("{oops\n")
+        lmms_eval_io.read_log_samples(str(tmp_path / "bad.jsonl"))

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from vlm3r_jax import storage
-from vlm3r_jax.eval import metrics, report, tasks
+from vlm3r_jax.eval import lmms_eval_io, metrics, report, tasks
 from vlm3r_jax.eval.dataset import Pending, eval_dataset, eval_iterator  # noqa: F401 - eval_dataset: public here too
 from vlm3r_jax.eval.scorers import SCORERS
 from vlm3r_jax.eval.store import IDENTITY_FILE, Appender, NullAppender, read_samples, stale_reason
@@ -317,6 +317,11 @@ def finalize(
         },
     )
     report.atomic_write(paths["table"], table)
+    if benchmark == "vsibench":  # lmms-eval's results + per-sample log next to ours (lmms-eval's rules)
+        ok = [r for r in records if not r.get("_malformed")]
+        preds = {rid: line.get("prediction") or "" for rid, line in lines.items()}
+        paths.update({f"lmms_eval_{k}": v for k, v in
+                      lmms_eval_io.write(workdir, ok, preds, predictor_name, zero_target).items()})
     chart_rows = {predictor_name: table_row}
     if chart_baseline:
         if chart_baseline not in rows:
