@@ -28,13 +28,11 @@ FRAMES = 2
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("geo")
     root = d / "data"
-    rows = []
-    for i in range(2):
+    for i in range(2):  # two scene videos, two questions each
         write_barcode_video(str(root / "videos" / f"scene{i}.mp4"), 7 + 3 * i, size=(40, 48), gop=4)
-        for q in range(2):
-            rows.append({"id": f"r{i}{q}", "video": f"videos/scene{i}.mp4",
-                         "conversations": [{"from": "human", "value": f"<image>\nHow many chairs {q}?"},
-                                           {"from": "gpt", "value": str(i + q)}]})
+    turns = lambda q, a: [{"from": "human", "value": f"<image>\nHow many chairs {q}?"}, {"from": "gpt", "value": a}]  # noqa: E731
+    rows = [{"id": f"r{i}{q}", "video": f"videos/scene{i}.mp4", "conversations": turns(q, str(i + q))}
+            for i in range(2) for q in range(2)]
     (root / "train.json").write_text(json.dumps(rows))
     tok = tokenizer(str(d))
     cfg = demo_tiny.get_config()
