@@ -36,7 +36,13 @@ EXTRAS = {
         "nbclient>=0.10",
         "nbformat>=5.10",
         "ipykernel>=6.29",
+        # tests/test_storage_gcs.py: a local GCS stand-in (skipped without these two)
+        "gcsfs>=2024.2",
+        "gcp-storage-emulator>=2024.8",
     ],
+    # gs:// work dirs, eval outputs and geometry caches (etils.epath opens gs:// through gcsfs;
+    # Orbax checkpoints reach gs:// through tensorstore without it)
+    "gcs": ["gcsfs>=2024.2"],
     # running the notebooks interactively
     "notebook": ["jupyterlab>=4"],
     # TFDS builders (data_pipeline/tfds_builders.py): ~25 s / ~210 MB to install; no TensorFlow needed.

@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
             out_dtype="float16",  # the official cache is fp16
             select="all",  # camera + patch tokens ([F, 730, D]); the cache stores both parts
             video_exts=(".mp4", ".avi", ".mov", ".mkv", ".webm"),
+            frames_dir_fps=2.0,  # as the training pipeline's PipelineConfig.frames_dir_fps
         )
     )
     return c

@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
     # ~45 questions per scene video: decode + resize each video once per worker, not once per row
     # (8 x 64 x 64 frames, ~0.4 MB per entry). The decode otherwise takes the cores from the step.
     d.video_cache_size = 128
+    # A CUT3R token cache (python -m launch.extract_geometry --videos <root> --out DIR): the step then
+    # skips CUT3R. Refused unless built for this model's CUT3R weights and this num_frames/siglip_size.
+    d.geometry_cache = ""
     d.add_time_instruction = False
     # Loss on the answers only: with "official" (every template token and newline labelled, as
     # the released recipe) ~90% of the labelled tokens are template, and a short from-scratch

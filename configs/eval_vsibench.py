@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint = ""  # our dir, a released LoRA dir, or a Hub id (Journey9ni/vlm-3r-llava-qwen2-lora[@rev])
     c.base = ""  # LLaVA-Video-Qwen2 base dir or Hub id (lmms-lab/LLaVA-NeXT-Video-7B-Qwen2), released LoRA only
     c.geometry = ""  # CUT3R .pth, for released-format checkpoints
+    # CUT3R token cache (launch.extract_geometry --videos <data_root> --out DIR): skip CUT3R; refused
+    # unless built with this model's CUT3R weights and num_frames (data_pipeline/geometry_cache.py)
+    c.geometry_cache = ""
     c.dtype = ""  # forwarded to api.load_vlm3r when set
     c.predictor = ""  # "" = "model" when checkpoint is set else "chance"; or "chance" | "prior" | "model"
     c.prior_records = ""  # records file the blind prior is fitted on (default: the evaluated records)
@@ -47,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Bookkeeping.
     c.check_videos = "exists"  # "none" | "exists" | "open" (PyAV decodes one frame)
+    # numeric answers: "paper" (thinking-in-space, the paper's table) | "lmms-eval" (lmms-eval 0.7:
+    # first number anywhere, number words included; VSI-Bench only)
+    c.rules = "paper"
     c.zero_target = "raise"  # NA ground truth 0: "raise" (official crashes) | "exact"
     c.retry_failed = False  # on resume, re-run samples whose line says "failed"
     c.baselines = ""  # extra table rows: "chance=/runs/chance,prior=/runs/prior"

@@ -54,7 +54,7 @@ def collate(examples: Sequence[dict], cfg: PipelineConfig, pad_id: int, rows: in
         "valid": (np.arange(rows) < n).astype(np.int32),
         "num_text_tokens": mask.sum(1).astype(np.int32),
     }
-    for k in ("frames", "geometry_frames", "frame_indices", "frame_times", "duration", "truncated", "epoch", "index"):
+    for k in ("frames", "geometry_frames", "geometry_tokens", "frame_indices", "frame_times", "duration", "truncated", "epoch", "index"):
         if k in examples[0]:
             out[k] = np.stack([np.asarray(e[k]) for e in src])
     for k in TEXT_KEYS:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from data_pipeline import geometry_cache
 from data_pipeline.chat_template import (
     ConversationError,
     add_time_instruction,
@@ -25,6 +26,7 @@ from data_pipeline.sources import BadRecordError, is_error
 from data_pipeline.tokenizer import QwenTokenizer
 from data_pipeline.video import DecodedVideo, VideoError, load_video
 from data_pipeline.views import ViewConfig, make_views
+from vlm3r_jax.models.vlm3r import spatial_parts
 
 
 # --- per-example transform ---------------------------------------------------------------------
@@ -73,6 +75,8 @@ class PrepareExample:
             return hit
         video = load_video(path, self.cfg.num_frames, self.cfg.frames_dir_fps, self.decode_threads)
         views = make_views(video.frames, self.views)
+        if self.cfg.geometry_cache:
+            views["geometry_tokens"] = self._geometry_tokens(path, len(video.indices))
         if self.cfg.video_cache_size > 0:
             for a in views.values():
                 a.flags.writeable = False  # shared by every row of this video: an augment must copy
@@ -83,6 +87,17 @@ class PrepareExample:
                 self._videos.popitem(last=False)
         return video, views
 
+    def _geometry_tokens(self, path: str, num_frames: int) -> np.ndarray:
+        """Cached CUT3R tokens of one video -> float32 [F, G, Dg] per ``geometry_select``."""
+        cfg = self.cfg
+        entry = geometry_cache.entry_path(cfg.geometry_cache, os.path.relpath(path, cfg.video_root))
+        tokens = geometry_cache.read_entry(entry, cfg.geometry_key, path)
+        if tokens.shape[0] != num_frames:
+            raise geometry_cache.GeometryCacheError(
+                f"{entry}: {tokens.shape[0]} frames cached, the pipeline samples {num_frames}; rebuild the cache")
+        groups = {"camera": tokens[:, :1], "patch": tokens[:, 1:]}
+        return np.concatenate([groups[p] for p in spatial_parts(cfg.geometry_select)], axis=1).astype(np.float32)
+
     def __call__(self, index: int, record: dict) -> dict:
         epoch, pos = divmod(int(index), self.epoch_length)
         if is_error(record):
@@ -91,6 +106,8 @@ class PrepareExample:
             return {**record, "epoch": epoch}
         try:
             return self._prepare(record, epoch, pos)
+        except geometry_cache.GeometryCacheError:
+            raise  # a stale or corrupted cache is never skipped past: the run would silently change
         except (VideoError, ConversationError) as e:
             if self.cfg.strict:
                 raise BadRecordError(record.get("file", "?"), record.get("line", 0), e.kind, str(e)) from e

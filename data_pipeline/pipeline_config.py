@@ -61,6 +61,14 @@ class PipelineConfig:
     # cores // worker_count in each Grain worker, so the workers do not oversubscribe the cores
     # (frame threads cost ~25% more CPU per frame than one thread when every core is busy).
     decode_threads: int = 0
+    # Offline CUT3R tokens (data_pipeline/geometry_cache.py): a cache dir (local path or URI) puts
+    # ``geometry_tokens`` [F, G, Dg] (per ``geometry_select``, the model's spatial_select) in every
+    # example, so the step skips CUT3R. ``geometry_key`` (geometry_cache.cache_key of the run's
+    # CUT3R) must match every entry; ``video_root`` maps a video to its entry.
+    geometry_cache: str = ""
+    geometry_key: str = ""
+    geometry_select: str = "all"
+    video_root: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in ("train", "eval"):
@@ -81,6 +89,8 @@ class PipelineConfig:
         if bad:
             raise ValueError(f"pipeline config: {bad} must be >= 1" +
                              (" (geometry_size=None turns the geometry view off)" if "geometry_size" in bad else ""))
+        if self.geometry_cache and not (self.geometry_key and self.video_root):
+            raise ValueError("geometry_cache needs geometry_key (geometry_cache.cache_key) and video_root")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1 or None (forever), got {self.num_epochs}")
 

@@ -2,7 +2,9 @@
 [--config.data_root=...] [--config.checkpoint=...]``.
 
 Writes ``DIR/samples.jsonl`` (per sample, resumable), ``DIR/scores.json`` (per task),
-``DIR/table.md`` (paper column order + footer) and ``DIR/chart.png``. Without a checkpoint (or with
+``DIR/table.md`` (paper column order + footer) and ``DIR/chart.png``; for VSI-Bench also
+``DIR/lmms_eval/{results.json, samples_vsibench.jsonl}`` in lmms-eval 0.7's shapes.
+``--lmms_eval_samples FILE`` scores an lmms-eval ``--log_samples`` file instead (``config.rules``). Without a checkpoint (or with
 ``--config.predictor=chance|prior``) it runs a baseline, which needs no model.
 """
 
@@ -28,6 +30,8 @@ def _define_flags() -> None:
         "config", None, "Eval config file (configs/eval_*.py).", lock_config=True
     )
     _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Output directory (resumes when it holds samples.jsonl).")
+    _FLAGS["lmms_eval_samples"] = flags.DEFINE_string(
+        "lmms_eval_samples", None, "Score this lmms-eval --log_samples VSI-Bench file (by config.rules) instead of running")
 
 
 def make_model_predictor(cfg: Any) -> runner.PredictFn:
@@ -66,6 +70,8 @@ def make_model_predictor(cfg: Any) -> runner.PredictFn:
             text_only=cfg.text_only,
             length_buckets=tuple(cfg.length_buckets),
             name=name,
+            geometry_cache=cfg.get("geometry_cache", "") or "",
+            video_root=cfg.data_root,
         )
     batched = getattr(model, "answer_batch", None)
     fn = batched or model.answer
@@ -123,6 +129,7 @@ def run(cfg: Any, workdir: str) -> dict | None:
         cfg.benchmark,
         check_videos=check_videos,
         zero_target=cfg.zero_target,
+        rules=cfg.get("rules", "paper"),
         prompt_kwargs={
             "pre_prompt": cfg.pre_prompt,
             "mc_post_prompt": cfg.mc_post_prompt,
@@ -168,11 +175,36 @@ def run_identity(cfg: Any) -> dict:
     return ident
 
 
+def score_lmms_eval_samples(cfg: Any, path: str, workdir: str) -> dict:
+    """Scores an lmms-eval ``--log_samples`` file with our scorer under ``cfg.rules``; writes
+    ``WORKDIR/scores.json`` and ``table.md`` (which name the rules) and returns the scores."""
+    from vlm3r_jax import storage
+    from vlm3r_jax.eval import lmms_eval_io, vsibench
+
+    if cfg.benchmark != "vsibench":
+        raise ValueError(f"--lmms_eval_samples reads VSI-Bench logs; config.benchmark is {cfg.benchmark!r}")
+    rules = cfg.get("rules", "paper")
+    samples = lmms_eval_io.read_log_samples(path)
+    scores = vsibench.score(samples, cfg.zero_target, rules=rules)
+    counts = {"_total": len(samples), **vsibench.question_type_counts(samples)}
+    table = report.markdown_table("vsibench", {f"lmms-eval log ({os.path.basename(path)})": scores}, None, counts)
+    table += f"\n{report.rules_line(rules)}\n"
+    storage.makedirs(workdir)
+    report.write_json(storage.join(workdir, "scores.json"),
+                      {"benchmark": "vsibench", "source": path, "rules": rules, "scores": scores, "counts": counts})
+    report.atomic_write(storage.join(workdir, "table.md"), table)
+    print(table)
+    return scores
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _FLAGS["workdir"].value:
         raise app.UsageError("--workdir is required")
+    if _FLAGS["lmms_eval_samples"].value:
+        score_lmms_eval_samples(_FLAGS["config"].value, _FLAGS["lmms_eval_samples"].value, _FLAGS["workdir"].value)
+        return
     run(_FLAGS["config"].value, _FLAGS["workdir"].value)
 
 

@@ -4,9 +4,12 @@
 For every video under ``--videos`` (recursively) it writes ``<out>/<relative path>.safetensors`` (or
 ``.npz``) holding ``camera_tokens`` [F, 1, D] and ``patch_tokens`` [F, N, D] in
 ``config.extract.out_dtype`` - the same two tensors as the official VLM-3R cache
-(``scripts/extract_spatial_features.py``). Frames are sampled as the official pipeline does
+(``scripts/extract_spatial_features.py``). Frames come from the training pipeline's decoder
 (``num_frames`` uniformly spaced indices, ``np.linspace(0, total - 1, n).astype(int)``), squashed to
 SigLIP's 384x384 with PIL bicubic, normalised to [-1, 1] and resized bilinearly to 432x432.
+A safetensors cache carries its key (CUT3R fingerprint, sampling, per-video content hash; see
+``data_pipeline/geometry_cache.py``), so training with ``config.data.geometry_cache`` refuses a
+stale or mismatched cache.
 
 Resumable: finished outputs are skipped (each file is written under a temporary name and renamed).
 
@@ -74,22 +77,6 @@ def load_feature_cache(path: str) -> np.ndarray:
     return np.concatenate([d["camera_tokens"], d["patch_tokens"]], axis=1)
 
 
-def sample_indices(total: int, num_frames: int) -> np.ndarray:
-    """The official uniform sampling (``force_sample``): ``linspace(0, total - 1, n)`` as int."""
-    return np.linspace(0, total - 1, num_frames).astype(int)
-
-
-def read_frames(path: str, num_frames: int) -> np.ndarray:
-    """Decodes ``num_frames`` uniformly sampled RGB frames with PyAV -> uint8 [F, H, W, 3]."""
-    import av
-
-    with av.open(path) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not frames:
-        raise ValueError(f"{path}: no decodable video frames")
-    return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)])
-
-
 def iter_videos(root: str, exts: tuple[str, ...]) -> Iterator[str]:
     for d, _, files in sorted(os.walk(root)):
         for f in sorted(files):
@@ -97,32 +84,61 @@ def iter_videos(root: str, exts: tuple[str, ...]) -> Iterator[str]:
                 yield os.path.relpath(os.path.join(d, f), root)
 
 
-def extract(config, videos: str, out: str, limit: int = 0, overwrite: bool = False) -> list[str]:
-    """Runs the extraction; returns the output paths written in this call."""
+def geometry_handle(config):
+    """The CUT3R named by ``config.checkpoint`` (a path or Hub id)."""
+    from vlm3r_jax.convert import hub
+    from vlm3r_jax.infer.cut3r_geometry import Cut3rGeometry
+
+    ckpt = hub.resolve(config.checkpoint, hub.CUT3R_FILES, what="CUT3R checkpoint")
+    return Cut3rGeometry.from_pretrained(ckpt, dtype=config.dtype.compute_dtype)
+
+
+def extract_key(ex, geo) -> str:
+    """The cache key (data_pipeline/geometry_cache.py) of ``geo``'s weights and ``config.extract``."""
+    from flax import nnx
+
+    from data_pipeline import geometry_cache
+
+    params = nnx.state(nnx.merge(geo.graphdef, geo.state), nnx.Param)
+    fp = geometry_cache.cut3r_fingerprint(geo.cfg, tuple(ex.cut3r_size), params)
+    return geometry_cache.cache_key(fp, ex.num_frames, ex.siglip_size, ex.get("frames_dir_fps", 2.0))
+
+
+def extract(config, videos: str, out: str, limit: int = 0, overwrite: bool = False, geo=None) -> list[str]:
+    """Runs the extraction; returns the output paths written in this call. Frames come from the
+    training pipeline's own decoder and SigLIP view (``data_pipeline.video.load_video``), so a cached
+    entry equals what the train step would compute online. ``geo``: a ``Cut3rGeometry`` (default:
+    ``config.checkpoint``)."""
     from tqdm import tqdm
 
-    from data_pipeline.image_preprocess import siglip_preprocess_np
-    from vlm3r_jax.infer.cut3r_geometry import Cut3rGeometry
+    from data_pipeline import geometry_cache
+    from data_pipeline.video import load_video
+    from data_pipeline.views import ViewConfig, siglip_view
+    from vlm3r_jax import storage
 
     ex = config.extract
     todo = list(iter_videos(videos, tuple(ex.video_exts)))
     if limit:
         todo = todo[:limit]
-    pending = [r for r in todo if overwrite or not os.path.exists(cache_path(r, out, ex.format))]
+    pending = [r for r in todo if overwrite or not storage.exists(cache_path(r, out, ex.format))]
     print(f"{len(todo)} videos, {len(todo) - len(pending)} already done, {len(pending)} to extract", file=sys.stderr)
     if not pending:
         return []
-    from vlm3r_jax.convert import hub
-
-    ckpt = hub.resolve(config.checkpoint, hub.CUT3R_FILES, what="CUT3R checkpoint")
-    geo = Cut3rGeometry.from_pretrained(ckpt, dtype=config.dtype.compute_dtype)
+    geo = geo if geo is not None else geometry_handle(config)
+    key = extract_key(ex, geo) if ex.format == "safetensors" else ""
+    if key:
+        geometry_cache.write_manifest(out, key, overwrite=overwrite)
     written = []
     for rel in tqdm(pending, desc="CUT3R features", unit="video"):
-        frames = read_frames(os.path.join(videos, rel), ex.num_frames)
-        pixels = siglip_preprocess_np(frames, ex.siglip_size)
+        src = os.path.join(videos, rel)
+        video = load_video(src, ex.num_frames, ex.get("frames_dir_fps", 2.0))
+        pixels = siglip_view(video.frames, ViewConfig(ex.siglip_size, None))
         tok = geo.tokens_from_siglip_pixels(pixels, tuple(ex.cut3r_size))
         dst = cache_path(rel, out, ex.format)
-        save_feature_cache(dst, tok, ex.out_dtype, meta={"source": rel, "num_frames": ex.num_frames})
+        if key:
+            geometry_cache.save_entry(dst, tok, key, geometry_cache.video_fingerprint(src), ex.out_dtype)
+        else:
+            save_feature_cache(dst, tok, ex.out_dtype, meta={"source": rel, "num_frames": ex.num_frames})
         written.append(dst)
     return written
 

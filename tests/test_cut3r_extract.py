@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from configs.cut3r_512_dpt import get_config
+from data_pipeline.video import sample_indices
 from launch.extract_geometry import (
     convert_pt_cache,
     extract,
     load_feature_cache,
     official_cache_path,
-    sample_indices,
 )
 from vlm3r_jax.convert.cut3r_ckpt import save_cut3r_dir
 from vlm3r_jax.models.cut3r import init_cut3r, tiny_config

@@ -1,4 +1,4 @@
-"""Answer extraction and the two per-sample metrics shared by VSI-Bench and VSTI-Bench.
+r"""Answer extraction and the two per-sample metrics shared by VSI-Bench and VSTI-Bench.
 
 Rules restated from the official scorer (thinking-in-space ``lmms_eval/tasks/vsibench/utils.py``,
 identical in VLM-3R's ``vstibench/utils.py``); the code here is our own:
@@ -13,6 +13,11 @@ identical in VLM-3R's ``vstibench/utils.py``); the code here is our own:
 * Mean Relative Accuracy: mean over the 10 values θ of ``np.linspace(.5, .95, int((.95-.5)/.05+2))``
   of ``|ŷ-y|/y <= 1-θ`` (note ``<=``; the paper writes ``<``). We evaluate the same float expression
   so boundary cases (e.g. |ŷ-y|/y == 0.5 passes θ=0.5) come out bit-identical.
+* rule sets (``rules=``): ``"paper"`` is everything above (thinking-in-space, the paper's table);
+  ``"lmms-eval"`` is lmms-eval 0.7's VSI-Bench scorer, which differs in one place only: a numeric
+  prediction is the FIRST number anywhere in the text, digits (``-?\d+(\.\d+)?``) or a run of
+  English number words ("three", "twenty-one", "three hundred and twenty-one"), whichever starts
+  first. "About 3.2 m" -> 3.2, "three chairs" -> 3. Multiple choice is the same in both.
 * y == 0: the official code divides by zero and the whole evaluation dies with ZeroDivisionError
   when the prediction parses (an unparsable prediction still scores 0 first, via TypeError).
   ``zero_target="raise"`` (default) reproduces that as a ValueError naming the sample;
@@ -21,6 +26,7 @@ identical in VLM-3R's ``vstibench/utils.py``); the code here is our own:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +36,53 @@ MRA_START, MRA_END, MRA_INTERVAL = 0.5, 0.95, 0.05
 # Same construction as the official code: (0.95-0.5)/0.05 + 2 = 10.999... -> int -> 10 points.
 MRA_THRESHOLDS = np.linspace(MRA_START, MRA_END, int((MRA_END - MRA_START) / MRA_INTERVAL + 2))
 ZERO_TARGET_POLICIES = ("raise", "exact")
+RULE_SETS = ("paper", "lmms-eval")
+
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+          "sixteen seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+NUMBER_WORDS = {**{w: i for i, w in enumerate(_UNITS)}, **{w: 20 + 10 * i for i, w in enumerate(_TENS)},
+                "hundred": 100, "thousand": 1000}
+_DIGITS = re.compile(r"-?\d+(?:\.\d+)?")
+_WORD = re.compile(r"[a-z]+")
+
+
+def check_rules(rules: str) -> str:
+    if rules not in RULE_SETS:
+        raise ValueError(f"rules={rules!r}; expected one of {RULE_SETS}")
+    return rules
+
+
+def first_number(text: Any) -> float | None:
+    """lmms-eval 0.7's numeric extraction (see the module docstring): the first digit group or
+    number-word run of the lower-cased text, or None. Words inside a run may be separated by any
+    non-letters and by "and"; "hundred" multiplies the running group, "thousand" closes it."""
+    s = "" if text is None else str(text).strip().lower()
+    digits = _DIGITS.search(s)
+    start, words = None, []
+    for m in _WORD.finditer(s):
+        w = m.group(0)
+        if start is None and w in NUMBER_WORDS:
+            start = m.start()
+        elif start is None or w == "and":
+            continue
+        elif w not in NUMBER_WORDS:
+            break
+        words.append(w)
+    if digits is not None and (start is None or digits.start() < start):
+        return float(digits.group(0))
+    if start is None:
+        return None
+    total = group = 0
+    for w in words:
+        v = NUMBER_WORDS[w]
+        if v == 100:
+            group = max(group, 1) * 100
+        elif v == 1000:
+            total, group = total + max(group, 1) * 1000, 0
+        else:
+            group += v
+    return float(total + group)
 
 
 def fuzzy_matching(pred: str) -> str:
@@ -80,13 +133,19 @@ def score_multiple_choice(prediction: str, answer: Any) -> dict[str, Any]:
 
 
 def score_numeric(
-    prediction: str, ground_truth: Any, zero_target: str = "raise", sample_id: Any = None
+    prediction: str, ground_truth: Any, zero_target: str = "raise", sample_id: Any = None, rules: str = "paper"
 ) -> dict[str, Any]:
-    """Per-sample NA score (MRA). Returns ``{"parsed", "score", "metric": "mra", "parsable"}``."""
+    """Per-sample NA score (MRA) under ``rules`` (:data:`RULE_SETS`). Returns ``{"parsed",
+    "score", "metric": "mra", "parsable"}``."""
     if zero_target not in ZERO_TARGET_POLICIES:
         raise ValueError(f"zero_target={zero_target!r}; expected one of {ZERO_TARGET_POLICIES}")
-    parsed = parse_prediction(prediction)
-    pred, target = to_float(parsed), to_float(ground_truth)
+    if check_rules(rules) == "paper":
+        parsed = parse_prediction(prediction)
+        pred = to_float(parsed)
+    else:
+        pred = first_number(prediction)
+        parsed = "" if pred is None else repr(pred)
+    target = to_float(ground_truth)
     out = {"parsed": parsed, "score": 0.0, "metric": "mra", "parsable": pred is not None}
     if pred is None or target is None:
         return out  # the official TypeError branch: worst case, 0
@@ -128,10 +187,10 @@ def required_field(sample: Mapping[str, Any], key: str, index: int, benchmark: s
 
 
 def score_prediction(prediction: str | None, answer: Any, multiple_choice: bool, zero_target: str,
-                     sample_id: Any) -> dict[str, Any]:
+                     sample_id: Any, rules: str = "paper") -> dict[str, Any]:
     """One sample by the official rules: MC letter match or numeric MRA. A missing/None
     prediction (a failed sample) scores 0."""
     prediction = "" if prediction is None else prediction
     if multiple_choice:
         return score_multiple_choice(prediction, answer)
-    return score_numeric(prediction, answer, zero_target, sample_id)
+    return score_numeric(prediction, answer, zero_target, sample_id, rules)

@@ -6,12 +6,13 @@ The per-sample JSONL is written by :mod:`vlm3r_jax.eval.runner` (it appends line
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vlm3r_jax import storage
 from vlm3r_jax.eval import tasks
 
 # Reported numbers (docs: /work/shared/design/REFERENCE_VLM3R.md section 6).
@@ -85,6 +86,18 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+RULES_DOC = {
+    "paper": "paper (thinking-in-space: first word as a float, else 0; the paper's table)",
+    "lmms-eval": "lmms-eval (0.7: first number anywhere in a numeric answer, number words included)",
+}
+
+
+def rules_line(rules: str) -> str:
+    """The line each table carries to say how numeric answers were read (the reference rows of the
+    paper used "paper")."""
+    return f"Scoring rules: {RULES_DOC.get(rules, rules)}."
+
+
 def _count_cell(key: str, counts: Mapping[str, int]) -> str:
     if key == "overall":
         return str(counts.get("_total", ""))
@@ -123,13 +136,9 @@ def footer_lines(footer: Mapping[str, Any], max_listed: int = 10) -> list[str]:
 
 
 def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` (a path or URI) so readers never see half a file
+    (:func:`vlm3r_jax.storage.write_atomic`)."""
+    storage.write_atomic(path, text)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -139,10 +148,9 @@ def write_json(path: str, obj: Any) -> None:
 def load_scores(path_or_workdir: str) -> dict[str, float]:
     """The ``scores`` dict of a ``scores.json`` (given the file or the workdir holding it)."""
     path = path_or_workdir
-    if os.path.isdir(path):
-        path = os.path.join(path, "scores.json")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    if os.path.isdir(path) or (storage.is_uri(path) and not path.endswith(".json")):
+        path = storage.join(path, "scores.json")
+    data = json.loads(storage.read_text(path))
     # A run's table row hides what its predictor does not define (chance on numerical tasks).
     for key in ("table_row", "scores"):
         if isinstance(data.get(key), dict):
@@ -194,7 +202,8 @@ def bar_chart(
     ax.set_title(title or benchmark)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format=os.path.splitext(path)[1][1:] or "png")
+    storage.write_atomic(path, buf.getvalue())
     plt.close(fig)
     return path

@@ -21,7 +21,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from vlm3r_jax.eval import metrics, report, tasks
+from vlm3r_jax import storage
+from vlm3r_jax.eval import lmms_eval_io, metrics, report, tasks
 from vlm3r_jax.eval.dataset import Pending, eval_dataset, eval_iterator  # noqa: F401 - eval_dataset: public here too
 from vlm3r_jax.eval.scorers import SCORERS
 from vlm3r_jax.eval.store import IDENTITY_FILE, Appender, NullAppender, read_samples, stale_reason
@@ -43,6 +44,7 @@ def _line(
     error: str | None,
     zero_target: str,
     predictor: str,
+    rules: str = "paper",
 ) -> dict:
     line = {
         "id": rec["id"],
@@ -60,7 +62,7 @@ def _line(
     if "mc_answer" in rec:
         line["mc_answer"] = rec["mc_answer"]
     if not rec.get("_malformed"):
-        res = SCORERS[benchmark].score_sample({**rec, "prediction": prediction}, zero_target)
+        res = SCORERS[benchmark].score_sample({**rec, "prediction": prediction}, zero_target, rules=rules)
         line.update(
             task=res["task"], parsed=res["parsed"], score=res["score"], metric=res["metric"], parsable=res["parsable"]
         )
@@ -92,6 +94,7 @@ def run_eval(
     predictor_name: str | None = None,
     check_videos: str = "exists",
     zero_target: str = "raise",
+    rules: str = "paper",
     prompt_kwargs: Mapping[str, str] | None = None,
     baselines: Mapping[str, Mapping[str, float]] | None = None,
     include_paper_row: bool = True,
@@ -123,14 +126,14 @@ def run_eval(
     tasks.check_benchmark(benchmark)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; must be >= 1")
-    metrics.score_numeric("0", 1, zero_target)  # validates the policy name early
+    metrics.score_numeric("0", 1, zero_target, rules=rules)  # validates the policy and rule names early
     predictor_name = predictor_name or getattr(predict_fn, "name", "model")
     ids = [str(r["id"]) for r in records]
     if len(set(ids)) != len(ids):
         raise ValueError("records have duplicate ids; resuming keys on ids, make them unique")
     if zero_target == "raise":
         _check_zero_targets(records, benchmark)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)  # a path or a URI (gs://...)
     samples_path = os.path.join(workdir, SAMPLES_FILE)
     done = read_samples(samples_path, repair=writer)  # only the writer may cut a torn line
     # as it reads back from the file (tuples become lists), so equal runs compare equal
@@ -139,8 +142,8 @@ def run_eval(
     if stale:  # resuming would mix (or reuse) another predictor's answers
         done = {}
         if writer:
-            if os.path.exists(samples_path):
-                os.replace(samples_path, samples_path + ".stale")
+            if storage.exists(samples_path):
+                storage.replace(samples_path, samples_path + ".stale")
             log.warning("%s: %s; the earlier samples are in %s.stale and this run starts over",
                         workdir, stale, samples_path)
     if writer:
@@ -178,14 +181,15 @@ def run_eval(
             results = _predict_isolating(predict_fn, queue)
             for rec, (pred, err) in zip(queue, results):
                 status = "ok" if err is None else "failed"
-                appender.write(_line(rec, benchmark, pred, status, err, zero_target, predictor_name))
+                appender.write(_line(rec, benchmark, pred, status, err, zero_target, predictor_name, rules))
             bar.update(len(queue))
             queue.clear()
 
         for item in items:
             rec = item["record"]
             if item["status"] != "ready":
-                appender.write(_line(rec, benchmark, "", item["status"], item["error"], zero_target, predictor_name))
+                appender.write(_line(rec, benchmark, "", item["status"], item["error"], zero_target, predictor_name,
+                                      rules))
                 bar.update(1)
                 continue
             queue.append(rec)
@@ -205,6 +209,7 @@ def run_eval(
         benchmark,
         predictor_name=predictor_name,
         zero_target=zero_target,
+        rules=rules,
         na_defined=getattr(predict_fn, "na_defined", True),
         baselines=baselines,
         include_paper_row=include_paper_row,
@@ -235,6 +240,7 @@ def finalize(
     *,
     predictor_name: str = "model",
     zero_target: str = "raise",
+    rules: str = "paper",
     na_defined: bool = True,
     baselines: Mapping[str, Mapping[str, float]] | None = None,
     include_paper_row: bool = True,
@@ -263,7 +269,7 @@ def finalize(
             footer["failed"].append({"id": rid, "reason": "not run (no line in samples.jsonl)"})
             pairs.append((qt, 0.0))
             continue
-        res = scorer.score_sample({**rec, "prediction": line.get("prediction") or ""}, zero_target)
+        res = scorer.score_sample({**rec, "prediction": line.get("prediction") or ""}, zero_target, rules=rules)
         pairs.append((qt, res["score"]))
         if line.get("status") == "failed":
             footer["failed"].append({"id": rid, "reason": line.get("error") or "failed"})
@@ -290,7 +296,7 @@ def finalize(
     rows.update(baselines or {})
     if include_paper_row:
         rows.update(report.PAPER_ROWS[benchmark])
-    table = report.markdown_table(benchmark, rows, footer, counts)
+    table = report.markdown_table(benchmark, rows, footer, counts) + f"\n{report.rules_line(rules)}\n"
     paths = {
         "samples": os.path.join(workdir, SAMPLES_FILE),
         "scores": os.path.join(workdir, SCORES_FILE),
@@ -302,6 +308,7 @@ def finalize(
         {
             "benchmark": benchmark,
             "predictor": predictor_name,
+            "rules": rules,
             "scores": scores,
             "table_row": table_row,
             "counts": counts,
@@ -310,6 +317,11 @@ def finalize(
         },
     )
     report.atomic_write(paths["table"], table)
+    if benchmark == "vsibench":  # lmms-eval's results + per-sample log next to ours (lmms-eval's rules)
+        ok = [r for r in records if not r.get("_malformed")]
+        preds = {rid: line.get("prediction") or "" for rid, line in lines.items()}
+        paths.update({f"lmms_eval_{k}": v for k, v in
+                      lmms_eval_io.write(workdir, ok, preds, predictor_name, zero_target).items()})
     chart_rows = {predictor_name: table_row}
     if chart_baseline:
         if chart_baseline not in rows:

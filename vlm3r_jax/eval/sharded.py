@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline.chat_template import question_prompt, tokenize_prompt
+from data_pipeline.geometry_cache import check_manifest, key_for_model
 from data_pipeline.pipeline import PipelineConfig, PrepareExample, collate
 from data_pipeline.tokenizer import QwenTokenizer
 from vlm3r_jax import sharding
@@ -63,7 +64,8 @@ class EvalExample:
             ex = self.prepare(0, {"video": rec["video_path"], "conversations": question_prompt(rec["prompt"]), **meta})
             if "error" in ex:
                 raise RuntimeError(f"{ex['error']}: {ex['message']}")
-            ex = {k: ex[k] for k in ("input_ids", "labels", "placeholder_index", "frames", *meta)}
+            keep = ("input_ids", "labels", "placeholder_index", "frames", "geometry_tokens", *meta)
+            ex = {k: ex[k] for k in keep if k in ex}
         return {**rec, "example": ex}
 
 
@@ -96,6 +98,8 @@ class ShardedVLM3RPredictor:
         text_only: bool = False,
         length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
         name: str | None = None,
+        geometry_cache: str = "",
+        video_root: str = "",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; must be >= 1")
@@ -107,7 +111,13 @@ class ShardedVLM3RPredictor:
         self.max_new_tokens = int(max_new_tokens)
         self.text_only = text_only
         vcfg = handle.cfg
+        key = ""
+        if geometry_cache and not text_only:  # cached CUT3R tokens instead of the online pass
+            key = key_for_model(handle.model, num_frames, vcfg.vision.image_size)
+            check_manifest(geometry_cache, key)
         self.pipeline_cfg = PipelineConfig.for_eval(
+            geometry_cache=geometry_cache if key else "", geometry_key=key, geometry_select=vcfg.spatial_select,
+            video_root=video_root if key else "",
             num_frames=num_frames,
             siglip_size=vcfg.vision.image_size,
             geometry_size=None,  # the model resizes the SigLIP view for CUT3R itself
@@ -124,9 +134,10 @@ class ShardedVLM3RPredictor:
         self._stop_ids, self._pad_id = stop_ids_array(vcfg.llm.eos_token_ids)
         self._generate = jax.jit(self._generate_impl, static_argnames=("max_new_tokens",))
 
-    def _generate_impl(self, params, input_ids, frames, attention_mask, stop_ids, pad_id, *, max_new_tokens):
+    def _generate_impl(self, params, input_ids, frames, attention_mask, stop_ids, pad_id, geometry_tokens=None, *,
+                       max_new_tokens):
         h = self.handle
-        embeds, emb_mask = h.engine.prefill(params, input_ids, frames, attention_mask)
+        embeds, emb_mask = h.engine.prefill(params, input_ids, frames, attention_mask, geometry_tokens)
         c = h.cfg.llm
         cache = KVCache.init(c.num_layers, embeds.shape[0], embeds.shape[1] + max_new_tokens, c.num_kv_heads,
                              c.head_dim, jnp.dtype(c.dtype))
@@ -144,6 +155,8 @@ class ShardedVLM3RPredictor:
         arrays = {"input_ids": host["input_ids"], "attention_mask": host["attention_mask"]}
         if not self.text_only:
             arrays["frames"] = host["frames"]
+        if "geometry_tokens" in host:
+            arrays["geometry_tokens"] = host["geometry_tokens"]
         if jax.process_count() == 1:
             return sharding.shard_batch(arrays, self.mesh, self.rules)
         # every process holds the whole host batch: each places its own shards
@@ -154,7 +167,8 @@ class ShardedVLM3RPredictor:
         dev = self.device_batch(batch)
         with sharding.use_mesh(self.mesh, self.rules):
             toks = self._generate(self.params, dev["input_ids"], dev.get("frames"), dev["attention_mask"],
-                                  self._stop_ids, self._pad_id, max_new_tokens=self.max_new_tokens)
+                                  self._stop_ids, self._pad_id, dev.get("geometry_tokens"),
+                                  max_new_tokens=self.max_new_tokens)
         toks = distributed.to_host(toks)[: len(batch)]  # the filler rows are dropped here
         dec = self.handle.tokenizer.decode
         return [dec([int(t) for t in row], skip_special_tokens=True).strip() for row in toks]

@@ -1,7 +1,8 @@
 """The per-sample JSONL of an evaluation run, and what produced it.
 
 ``samples.jsonl`` gets one line per answered record, written by :class:`Appender` with a single
-``write`` on an O_APPEND descriptor (then fsync), so a crash loses at most the batch in flight;
+``write`` on an O_APPEND descriptor (then fsync), so a crash loses at most the batch in flight (on
+an object store, ``gs://...``, each write republishes the whole object: the same guarantee);
 :func:`read_samples` drops (and cuts) a torn last line. ``run_identity.json`` records the
 predictor and checkpoint; :func:`stale_reason` refuses to resume another run's samples.
 """
@@ -13,6 +14,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from vlm3r_jax import storage
+
 IDENTITY_FILE = "run_identity.json"
 
 
@@ -23,11 +26,10 @@ def stale_reason(workdir: str, identity: Mapping[str, Any], done: Mapping[str, d
     others = {d.get("predictor") for d in done.values()} - {identity["predictor"]}
     if others:
         return f"its samples came from predictor {sorted(map(str, others))}, not {identity['predictor']!r}"
-    path = os.path.join(workdir, IDENTITY_FILE)
-    if os.path.exists(path):
+    path = storage.join(workdir, IDENTITY_FILE)
+    if storage.exists(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                before = json.load(f)
+            before = json.loads(storage.read_text(path))
         except (OSError, json.JSONDecodeError):
             return f"{path} is unreadable"
         changed = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
@@ -40,10 +42,9 @@ def read_samples(path: str, repair: bool = True) -> dict[str, dict[str, Any]]:
     """id -> latest line of a per-sample JSONL. A torn final line (crash mid-write) is dropped and,
     with ``repair``, cut from the file so appends continue on a clean line."""
     out: dict[str, dict[str, Any]] = {}
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return out
-    with open(path, "rb") as f:
-        data = f.read()
+    data = storage.read_bytes(path)
     good_end = 0
     pos = 0
     while pos < len(data):
@@ -64,8 +65,11 @@ def read_samples(path: str, repair: bool = True) -> dict[str, dict[str, Any]]:
         out[str(rec["id"])] = rec
         good_end = pos
     if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
+        if storage.is_uri(path):
+            storage.write_atomic(path, data[:good_end])
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(good_end)
     return out
 
 
@@ -73,12 +77,21 @@ class Appender:
     """Appends whole lines with one ``os.write`` each on an O_APPEND descriptor (+ fsync)."""
 
     def __init__(self, path: str, fsync: bool = True):
+        self.fsync = fsync
+        self.fd = None
+        self._path, self._data = path, None
+        if storage.is_uri(path):  # no append on object stores: keep the content, rewrite it whole
+            self._data = storage.read_bytes(path) if storage.exists(path) else b""
+            return
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.fsync = fsync
 
     def write(self, obj: Mapping[str, Any]) -> None:
         data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        if self._data is not None:
+            self._data += data
+            storage.write_atomic(self._path, self._data)
+            return
         written = os.write(self.fd, data)
         if written != len(data):  # pragma: no cover - only on a full disk
             raise OSError(f"short write to samples.jsonl ({written}/{len(data)} bytes)")
@@ -86,7 +99,8 @@ class Appender:
             os.fsync(self.fd)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 class NullAppender:

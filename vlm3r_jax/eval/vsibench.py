@@ -31,13 +31,15 @@ def answer_of(sample: Mapping[str, Any], index: int = 0) -> Any:
     return _field(sample, "ground_truth", index)
 
 
-def score_sample(sample: Mapping[str, Any], zero_target: str = "raise", index: int = 0) -> dict[str, Any]:
-    """Scores one sample. Returns ``{"question_type", "task", "parsed", "score" (0..1), "metric",
-    "parsable"}``. A missing/None prediction (a failed sample) scores 0."""
+def score_sample(sample: Mapping[str, Any], zero_target: str = "raise", index: int = 0,
+                 rules: str = "paper") -> dict[str, Any]:
+    """Scores one sample under ``rules`` ("paper" | "lmms-eval", :data:`metrics.RULE_SETS`).
+    Returns ``{"question_type", "task", "parsed", "score" (0..1), "metric", "parsable"}``. A
+    missing/None prediction (a failed sample) scores 0."""
     qt = _field(sample, "question_type", index)
     prediction = _field(sample, "prediction", index)
     out = metrics.score_prediction(prediction, answer_of(sample, index), tasks.is_multiple_choice(qt, BENCHMARK),
-                                   zero_target, sample.get("id", index))
+                                   zero_target, sample.get("id", index), rules)
     out.update(question_type=qt, task=tasks.task_of(qt, BENCHMARK))
     return out
 
@@ -62,18 +64,20 @@ def aggregate(type_scores: Iterable[tuple[str, float]]) -> dict[str, float]:
 
 
 def score_details(
-    samples: Iterable[Mapping[str, Any]], zero_target: str = "raise"
+    samples: Iterable[Mapping[str, Any]], zero_target: str = "raise", rules: str = "paper"
 ) -> tuple[dict[str, float], list[dict]]:
     """(percent scores, per-sample results in input order)."""
-    per_sample = [score_sample(s, zero_target, i) for i, s in enumerate(samples)]
+    per_sample = [score_sample(s, zero_target, i, rules) for i, s in enumerate(samples)]
     return aggregate((r["question_type"], r["score"]) for r in per_sample), per_sample
 
 
-def score(samples: Iterable[Mapping[str, Any]], zero_target: str = "raise") -> dict[str, float]:
+def score(samples: Iterable[Mapping[str, Any]], zero_target: str = "raise", rules: str = "paper") -> dict[str, float]:
     """``samples``: dicts with ``question_type``, ``ground_truth``, ``prediction`` (decoded model text).
     Returns percent scores ``{"overall": .., "object_counting": .., ...}`` (tasks present only,
-    paper order). Unknown question types raise ValueError, as upstream."""
-    return score_details(samples, zero_target)[0]
+    paper order). Unknown question types raise ValueError, as upstream. ``rules``: "paper" (the
+    paper's table, thinking-in-space) or "lmms-eval" (lmms-eval 0.7: first number anywhere in a
+    numeric answer, number words included)."""
+    return score_details(samples, zero_target, rules)[0]
 
 
 def question_type_counts(samples: Iterable[Mapping[str, Any]]) -> dict[str, int]:

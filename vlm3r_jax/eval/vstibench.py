@@ -36,9 +36,13 @@ def answer_of(sample: Mapping[str, Any], index: int = 0) -> Any:
     return _field(sample, "mc_answer" if tasks.is_multiple_choice(qt, BENCHMARK) else "ground_truth", index)
 
 
-def score_sample(sample: Mapping[str, Any], zero_target: str = "raise", index: int = 0) -> dict[str, Any]:
+def score_sample(sample: Mapping[str, Any], zero_target: str = "raise", index: int = 0,
+                 rules: str = "paper") -> dict[str, Any]:
     """Scores one sample. Returns ``{"question_type", "task", "parsed", "score" (0..1), "metric",
-    "parsable"}``. A missing/None prediction (a failed sample) scores 0."""
+    "parsable"}``. A missing/None prediction (a failed sample) scores 0. ``rules``: only "paper"
+    (VLM-3R's own scorer; lmms-eval 0.7 ships no VSTI-Bench task to follow)."""
+    if rules != "paper":
+        raise ValueError(f"vstibench has only the 'paper' rule set (VLM-3R's scorer), got rules={rules!r}")
     qt = _field(sample, "question_type", index)
     prediction = _field(sample, "prediction", index)
     out = metrics.score_prediction(prediction, answer_of(sample, index), tasks.is_multiple_choice(qt, BENCHMARK),

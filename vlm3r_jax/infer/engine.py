@@ -50,9 +50,11 @@ def forward_logits(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Arr
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def prefill_embeds(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array, frames: jax.Array | None,
-                   attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Right-padded ids [B, T] (+ frames) -> left-aligned prompt embeddings [B, L, D] and mask [B, L]."""
-    sp = nnx.merge(graphdef, params).embed_prompt(input_ids, frames, attention_mask=attention_mask)
+                   attention_mask: jax.Array, geometry_tokens: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Right-padded ids [B, T] (+ frames, + cached CUT3R tokens [B, F, G, Dg]) -> left-aligned
+    prompt embeddings [B, L, D] and mask [B, L]."""
+    sp = nnx.merge(graphdef, params).embed_prompt(input_ids, frames, attention_mask=attention_mask,
+                                                  geometry_tokens=geometry_tokens)
     return _left_align(sp["inputs_embeds"], sp["attention_mask"])
 
 
@@ -102,9 +104,9 @@ class VLM3REngine:
         return self.cfg.video_token_id
 
     def prefill(self, params: nnx.State, input_ids: jax.Array, frames: jax.Array | None,
-                attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+                attention_mask: jax.Array, geometry_tokens: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """:func:`prefill_embeds` of this architecture (params explicit: callable inside a jit)."""
-        return prefill_embeds(self.graphdef, params, input_ids, frames, attention_mask)
+        return prefill_embeds(self.graphdef, params, input_ids, frames, attention_mask, geometry_tokens)
 
     def prefill_cache(self, prefix_ids: list[int], frames: np.ndarray | None, capacity: int) -> Any:
         """Prefills a fresh cache of ``capacity`` slots with ``prefix_ids`` (one video's frames

@@ -20,6 +20,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from vlm3r_jax import storage
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ class Checkpointer:
     """Save every ``save_every`` steps (or when forced), keep the last ``keep``, async by default."""
 
     def __init__(self, directory: str, *, save_every: int = 100, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.absolute(directory)  # a URI (gs://...) goes to Orbax untouched
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(int(save_every), 1),
             max_to_keep=keep,

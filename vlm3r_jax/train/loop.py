@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from vlm3r_jax import sharding
+from vlm3r_jax import sharding, storage
 from vlm3r_jax.train import distributed
 from vlm3r_jax.train.checkpoint import Checkpointer, PreemptionGuard, abstract_like
 from vlm3r_jax.train.metrics import create_writer
@@ -70,20 +70,6 @@ class _NullWriter:
 
     def close(self) -> None:
         pass
-
-
-def ensure_workdir(workdir: str) -> None:
-    """Creates ``workdir`` and proves it writable, so a bad --workdir fails in one line before the
-    model and the data iterator are built (``os.access`` is no proof: root, read-only mounts)."""
-    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise OSError(e.errno, f"workdir {workdir} is not a writable directory ({e.strerror or e}); "
-                      "pass a --workdir you can write to") from None
 
 
 def _data_metrics(data_iter: Any) -> dict:
@@ -133,7 +119,7 @@ def train(
     tc = cfg.train
     max_seconds = float(tc.get("max_seconds", 0) or 0)
     deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
-    ensure_workdir(workdir)
+    storage.check_writable(workdir, what="workdir")  # a path or URI: an unusable one fails here, in one line
     mesh = sharding.mesh_from_config(cfg.mesh)
     rules = sharding.rules_from_config(cfg.mesh.get("rules"))
     model.train()

@@ -2,32 +2,45 @@
 event files in the work dir through ``tensorboardX`` (pure Python, no TensorFlow). Every scalar the
 loop logs (loss, lr, grad_norm, step_time, data_wait, compute_time, tokens_per_s, mfu, eval/*)
 keeps its name as the TensorBoard tag. ``tensorboard --logdir WORKDIR`` shows them;
-:func:`read_tensorboard` reads them back without TensorBoard."""
+:func:`read_tensorboard` reads them back without TensorBoard. The work dir may be a URI
+(``gs://...``, :mod:`vlm3r_jax.storage`): ``metrics.jsonl`` is then rewritten as one object per
+write (object stores have no append) and the event file is written locally and copied on flush."""
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
+import shutil
 import struct
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from vlm3r_jax import storage
 
 log = logging.getLogger("vlm3r_jax.train")
 
 
 class JsonlWriter:
     def __init__(self, path: str):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        storage.makedirs(os.path.dirname(path))
         self.path = path
+        # On an object store every write republishes the whole object; keep it to avoid a read each time.
+        self._text = None
+        if storage.is_uri(path):
+            self._text = storage.read_text(path) if storage.exists(path) else ""
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self._text is None:
+            storage.append_text(self.path, line)
+        else:
+            self._text += line
+            storage.write_atomic(self.path, self._text)
 
     def flush(self) -> None:
         pass
@@ -66,12 +79,16 @@ class MultiWriter:
 
 
 class TensorBoardWriter:
-    """Scalars as TensorBoard events (``events.out.tfevents.*`` in ``logdir``)."""
+    """Scalars as TensorBoard events (``events.out.tfevents.*`` in ``logdir``). For a URI
+    ``logdir`` the events go to a local temp dir and each flush copies the file over (one object
+    write: a reader sees the previous or the new events file, never a torn one)."""
 
     def __init__(self, logdir: str):
         from tensorboardX import SummaryWriter
 
-        self._w = SummaryWriter(logdir=logdir, flush_secs=30)
+        self._remote = logdir if storage.is_uri(logdir) else None
+        self._local = tempfile.mkdtemp(prefix="vlm3r-tb-") if self._remote else logdir
+        self._w = SummaryWriter(logdir=self._local, flush_secs=30)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         for k, v in scalars.items():
@@ -79,9 +96,14 @@ class TensorBoardWriter:
 
     def flush(self) -> None:
         self._w.flush()
+        if self._remote:
+            storage.copy_tree(self._local, self._remote)
 
     def close(self) -> None:
         self._w.close()
+        if self._remote:
+            storage.copy_tree(self._local, self._remote)
+            shutil.rmtree(self._local, ignore_errors=True)
 
 
 def create_writer(workdir: str, *, tensorboard: bool = True) -> MultiWriter:
@@ -101,9 +123,8 @@ def read_tensorboard(workdir: str) -> dict[str, list[tuple[int, float]]]:
     from tensorboardX.proto import event_pb2
 
     out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-        with open(path, "rb") as f:
-            data = f.read()
+    for path in storage.glob(workdir, "events.out.tfevents.*"):
+        data = storage.read_bytes(path)
         pos = 0
         while pos + 12 <= len(data):
             (n,) = struct.unpack("<Q", data[pos:pos + 8])
@@ -115,8 +136,7 @@ def read_tensorboard(workdir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = storage.join(workdir, "metrics.jsonl")
+    if not storage.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]

@@ -10,9 +10,11 @@ import jax
 import ml_collections
 from flax import nnx
 
+from data_pipeline import geometry_cache
 from data_pipeline.pipeline import PipelineConfig, make_iterator
 from data_pipeline.sources import make_source
 from data_pipeline.tokenizer import QwenTokenizer
+from vlm3r_jax import storage
 from vlm3r_jax.convert import vlm3r_ours
 from vlm3r_jax.convert.hub import VLM3R_FILES, resolve
 from vlm3r_jax.convert.vlm3r_release import load_release
@@ -87,24 +89,38 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, Qwe
     return vcfg, model, tok
 
 
-def pipeline_config(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, mode: str = "train") -> PipelineConfig:
+def geometry_key(cfg: ml_collections.ConfigDict, model: VLM3R) -> str:
+    """The cache key a geometry cache must carry to stand in for this model's CUT3R on this data
+    config (``config.data.geometry_cache``; data_pipeline/geometry_cache.py). Checks the cache's
+    manifest, so a cache built for other weights fails here, before any worker starts."""
     d = cfg.data
+    key = geometry_cache.key_for_model(model, d.num_frames, d.siglip_size, d.get("frames_dir_fps", 2.0))
+    geometry_cache.check_manifest(d.geometry_cache, key)
+    return key
+
+
+def pipeline_config(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, mode: str = "train",
+                    geometry_key: str = "") -> PipelineConfig:
+    d = cfg.data
+    cache = d.get("geometry_cache", "") or ""
     return PipelineConfig(
         num_frames=d.num_frames, siglip_size=d.siglip_size, geometry_size=None, mode=mode,
         batch_size=cfg.train.batch_size, length_buckets=tuple(d.length_buckets), seed=cfg.train.seed,
         num_epochs=None if mode == "train" else 1, drop_remainder=mode == "train", worker_count=d.worker_count,
         add_time_instruction=d.add_time_instruction and mode == "train", label_policy=d.label_policy,
         max_length=vcfg.model_max_length, video_tokens_per_frame=vcfg.projector.tokens_per_frame(),
-        video_cache_size=d.get("video_cache_size", 0))
+        video_cache_size=d.get("video_cache_size", 0), geometry_cache=cache,
+        geometry_key=geometry_key if cache else "", geometry_select=vcfg.spatial_select,
+        video_root=d.root if cache else "")
 
 
-def train_iterator(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, tok: QwenTokenizer):
+def train_iterator(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, tok: QwenTokenizer, geometry_key: str = ""):
     d = cfg.data
     if not d.root or not os.path.isdir(d.root):
         raise FileNotFoundError(f"config.data.root={d.root!r} is not a directory (make one with data_pipeline.make_dataset)")
     files = [f if os.path.isabs(f) else os.path.join(d.root, f) for f in d.train_files]
     source = make_source(d.source_kind, files, video_root=d.root)
-    return make_iterator(source, tok, pipeline_config(cfg, vcfg, "train"))
+    return make_iterator(source, tok, pipeline_config(cfg, vcfg, "train", geometry_key))
 
 
 def vlm3r_loss(model: VLM3R, batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -134,9 +150,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
     Returns ``(result, model_dir)``. After a SIGTERM (``result.preempted``) ``model_dir`` is None:
     the checkpoint holds the run, and a preemption grace period is too short to export a large model."""
 
-    loop.ensure_workdir(workdir)  # before minutes of model and data setup
+    storage.check_writable(workdir, what="workdir")  # before minutes of model and data setup
     vcfg, model, tok = build_model(cfg)
-    it = train_iterator(cfg, vcfg, tok)
+    if cfg.data.get("geometry_cache"):
+        it = train_iterator(cfg, vcfg, tok, geometry_key(cfg, model))
+    else:
+        it = train_iterator(cfg, vcfg, tok)
     try:
         result = loop.train(cfg, workdir, model, vlm3r_loss, it, flops_per_token=flops_per_token(vcfg),
                        peak_flops=cfg.train.get("peak_flops", None), eval_hook=eval_hook, progress=progress)
@@ -146,6 +165,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
         return result, None
     trained = nnx.merge(result.graphdef, result.state.params, result.frozen)
     trained.eval()
-    out = os.path.join(workdir, "model")
-    vlm3r_ours.save_ours(out, vcfg, trained, tok, num_frames=cfg.data.num_frames)
+    out = storage.join(workdir, "model")
+    with storage.local_dir(out) as local:  # save_ours writes local files; a URI work dir gets a copy
+        vlm3r_ours.save_ours(local, vcfg, trained, tok, num_frames=cfg.data.num_frames)
     return result, out

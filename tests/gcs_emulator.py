@@ -1,0 +1,33 @@
+"""Runs ``gcp-storage-emulator`` (usage as its CLI: ``python tests/gcs_emulator.py start --port P
+--in-memory``) with two fixes that make it look like real GCS to tensorstore (Orbax's GCS driver):
+object generations are microsecond timestamps (the emulator stamps nanoseconds), and a media
+download carries the ``x-goog-generation`` header (the emulator omits it; tensorstore then reports a
+"Malformed StorageGeneration")."""
+
+import sys
+import time
+import types
+
+import gcp_storage_emulator.handlers.objects as objects
+
+objects.time = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+objects.time.time_ns = lambda: time.time_ns() // 1000
+_download = objects.download
+
+
+def _download_with_generation(request, response, storage, *args, **kwargs):
+    try:
+        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+    except Exception:  # noqa: BLE001 - missing object: the original handler answers 404
+        pass
+    return _download(request, response, storage, *args, **kwargs)
+
+
+objects.download = _download_with_generation
+
+from gcp_storage_emulator.__main__ import main  # noqa: E402 - after the patch: its route table binds handlers
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Local paths and URIs behind one small API, so a work dir, a checkpoint dir, metrics, eval
+outputs and the geometry cache can live on ``gs://`` (or anything ``etils.epath`` opens:
+``memory://``, ``s3://`` with its fsspec package...) as well as on a local disk.
+
+| need | local path | URI |
+|---|---|---|
+| absolute form | ``os.path.abspath`` | untouched (``os.path.abspath("gs://b")`` would make a local ``gs:/b`` dir) |
+| atomic file write | temp name + ``os.replace`` | one object write (object stores publish an object whole) |
+| append a line | ``O_APPEND`` | read + rewrite the object (object stores have no append) |
+| a tree written by a local-only writer | written in place | written to a local temp dir, then copied |
+
+``gs://`` needs ``gcsfs`` (the ``gcs`` extra); Orbax reaches ``gs://`` through tensorstore itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+from etils import epath
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    return "://" in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """A local path made absolute; a URI unchanged."""
+    p = os.fspath(path)
+    return p if is_uri(p) else os.path.abspath(p)
+
+
+def join(base: str, *parts: str) -> str:
+    return os.path.join(os.fspath(base), *parts)  # posix joining is right for URIs too
+
+
+def exists(path: str) -> bool:
+    return epath.Path(path).exists()
+
+
+def makedirs(path: str) -> None:
+    """Creates ``path`` (a no-op on object stores without directories); a failure is one
+    ``OSError`` line naming the location, not a library traceback."""
+    try:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+    except Exception as e:  # noqa: BLE001 - gcsfs/fsspec raise their own types for 403/404
+        raise OSError(f"{path}: cannot create the directory ({_reason(e)})") from None
+
+
+def check_writable(path: str, what: str = "directory") -> None:
+    """Creates ``path`` and writes and deletes a probe object in it, so an unwritable work dir
+    (a bucket without permission, a read-only mount, a file in the way) fails at the start with
+    one line instead of at the first checkpoint (``os.access`` is no proof: root, read-only mounts)."""
+    probe = epath.Path(path) / f".write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except Exception as e:  # noqa: BLE001 - gcsfs/fsspec raise their own types for 403/404
+        raise OSError(f"{what} {path} is not a writable directory ({_reason(e)}); "
+                      "pass a location you can write to") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def read_text(path: str) -> str:
+    return epath.Path(path).read_text(encoding="utf-8")
+
+
+def read_bytes(path: str) -> bytes:
+    return epath.Path(path).read_bytes()
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Readers see the old content or the new one, never half of it."""
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    if is_uri(path):
+        epath.Path(path).write_bytes(data)  # a single object write is atomic on object stores
+        return
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def replace(src: str, dst: str) -> None:
+    """Moves ``src`` over ``dst`` (``os.replace`` locally; copy + delete on an object store)."""
+    if not is_uri(src):
+        os.replace(src, dst)
+        return
+    write_atomic(dst, read_bytes(src))
+    epath.Path(src).unlink()
+
+
+def append_text(path: str, text: str) -> None:
+    """Appends ``text`` (whole lines). On object stores: read + rewrite the object."""
+    if not is_uri(path):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+        return
+    p = epath.Path(path)
+    old = p.read_text(encoding="utf-8") if p.exists() else ""
+    p.write_text(old + text, encoding="utf-8")
+
+
+def glob(directory: str, pattern: str) -> list[str]:
+    d = epath.Path(directory)
+    return sorted(os.fspath(p) for p in d.glob(pattern)) if d.exists() else []
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copies a local directory tree to ``dst`` (a path or URI), file by file."""
+    for root, _, files in os.walk(src):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), src)
+            target = epath.Path(dst) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(os.path.join(root, name), "rb") as f:
+                target.write_bytes(f.read())
+
+
+@contextlib.contextmanager
+def local_dir(dst: str) -> Iterator[str]:
+    """A local directory for a writer that only knows local files: ``dst`` itself when local,
+    else a temporary directory copied to ``dst`` on success."""
+    if not is_uri(dst):
+        os.makedirs(dst, exist_ok=True)
+        yield dst
+        return
+    tmp = tempfile.mkdtemp(prefix="vlm3r-upload-")
+    try:
+        yield tmp
+        copy_tree(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
