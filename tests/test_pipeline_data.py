@@ -355,7 +355,7 @@ def test_video_cache_same_batches_fewer_decodes(data, monkeypatch):
 def test_decode_threads(data, monkeypatch):
     """Worker processes decode with cores // workers threads (no oversubscription); the frames do
     not depend on the thread count."""
-    from data_pipeline import pipeline as pipeline_mod
+    from data_pipeline import examples as pipeline_mod
 
     monkeypatch.setattr(pipeline_mod.os, "cpu_count", lambda: 8)
     def threads(**kw) -> int:
