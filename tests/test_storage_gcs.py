@@ -138,4 +138,4 @@ def test_an_unwritable_location_is_one_line(gcs):
                         "gs://no-such-bucket-here/run"], cwd=ROOT, env={**os.environ, **gcs, "PYTHONPATH": ROOT},
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert "error: gs://no-such-bucket-here/run: " in r.stderr
+    assert "error: workdir gs://no-such-bucket-here/run is not a writable directory" in r.stderr

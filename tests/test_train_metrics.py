@@ -13,7 +13,6 @@ from vlm3r_jax.train.metrics import read_metrics, read_tensorboard
 def test_tiny_run_writes_tensorboard_scalars(tmp_path):
     cfg = config(3)
     cfg.train.tensorboard = True
-    cfg.mesh.shape = {"data": 1}
     it = iter(grain.MapDataset.range(100).map(make_batch).to_iter_dataset())
     train(cfg, str(tmp_path), ToyLM(nnx.Rngs(0)), loss_fn, it, flops_per_token=1e3, peak_flops=1e12, progress=False)
     events = read_tensorboard(str(tmp_path))
