@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.split_digits = False
 
     t = c.train = ml_collections.ConfigDict()
-    # ~6-7 min in all on a quiet 2-core CPU (estimate: 0.77-0.92 s per step measured; docs/demo.md): the
+    # ~5-6 min in all on a quiet 2-core CPU (estimate: 0.77-0.92 s per step measured; docs/demo.md): the
     # end-to-end proof; 1200 steps (~16-19 min) score the same against the blind prior and the control
     t.steps = 300
     t.batch_size = 16
