@@ -1,4 +1,4 @@
-"""What the absl launchers share: ``run(main)`` is ``app.run(main)`` with the behaviour users expect
+"""What every launcher shares: ``run(main)`` is ``app.run(main)`` with the behaviour users expect
 of a command.
 
 - ``--help`` / ``-h`` print the help, then every config field with its default and meaning
