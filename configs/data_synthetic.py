@@ -57,6 +57,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         # launch/demo.py: the demo evaluates VSI-Bench only, so it generates only the VSI-Bench
         # question types (the VSTI-Bench camera questions would take half of a short CPU run)
         c.tasks = ",".join(VSI_TRAIN_TYPES)
+        c.num_scenes = 120  # a fifth held out: ~500 eval questions
         # up to 60 held-out questions per type (~24 for room size, one per scene) instead of 20: with
         # 20, two runs of one recipe differed by several points (docs/demo.md)
         c.eval_per_task = 60

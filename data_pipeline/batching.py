@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import grain
 import jax
 import numpy as np
-from grain._src.python.dataset import dataset as grain_dataset
 
 from data_pipeline.chat_template import (
     IGNORE_INDEX,
@@ -95,8 +94,8 @@ class NoUsableRecordsError(ValueError):
     """A whole epoch of this shard's records went by without one usable example."""
 
 
-class _BatchIterator(grain_dataset.DatasetIterator):
-    def __init__(self, parent: grain_dataset.DatasetIterator, rows: int, cfg: PipelineConfig, pad_id: int,
+class _BatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, rows: int, cfg: PipelineConfig, pad_id: int,
                  epoch_length: int):
         super().__init__(parent)
         self._rows, self._cfg, self._pad = rows, cfg, pad_id
@@ -157,7 +156,7 @@ class _BatchIterator(grain_dataset.DatasetIterator):
         self._done = False
 
 
-class BatchAndSkip(grain_dataset.IterDataset):
+class BatchAndSkip(grain.IterDataset):
     """Drops error records (carrying them in the batch's ``skipped`` list) and bucket-pads
     ``rows`` valid examples into one batch."""
 

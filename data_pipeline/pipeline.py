@@ -19,7 +19,6 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-from grain._src.python.dataset import dataset as grain_dataset
 
 from data_pipeline.batching import (  # noqa: F401 - the pipeline's public names, importable from here
     BatchAndSkip,
@@ -94,7 +93,7 @@ def build_dataset(
 
 
 # --- the user-facing iterator: skip stats, epoch summaries, checkpointable ------------------------
-class VideoBatchIterator(grain_dataset.DatasetIterator):
+class VideoBatchIterator(grain.DatasetIterator):
     """Yields host batches (numpy); keeps per-epoch skip counts; ``get_state``/``set_state`` are
     JSON-able, so ``grain.checkpoint.CheckpointSave/Restore`` (Orbax) save it with the train state."""
 

@@ -66,4 +66,4 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     from launch import cli
 
-    cli.run(lambda argv: sys.exit(main(argv)))
+    cli.run(lambda argv: sys.exit(main(argv)), help_config="configs/qwen2_tiny_lora_aot.py")

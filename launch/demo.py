@@ -5,17 +5,20 @@
 3. train it (configs/demo_tiny.py) with the sharded train loop, checkpointing as it goes,
 4. evaluate on the held-out scenes with the VSI-Bench metrics next to the blind baselines and
    a control (the same model, each question asked about another scene's video),
-5. answer one question about one generated video, and save a loss-curve PNG.
+5. answer one question about one generated video with the reconstruction picture, and save a
+   loss-curve PNG.
 
-    python -m launch.demo [--workdir runs/demo] [--steps 1200] [--scenes 120] [--set optim.lr=3e-3 ...]
+    python -m launch.demo [--workdir runs/demo] [--config.train.steps=300] [--data.num_scenes=120] \\
+        [--config.optim.lr=3e-3 ...]
+
+``--config.*`` are the fields of configs/demo_tiny.py (the training run), ``--data.*`` those of
+configs/data_synthetic.py:demo (the generated scenes); ``--help`` lists both with their defaults.
 
 Re-running resumes: finished stages are skipped (data, tokenizer) or resumed (training, eval).
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import json
 import os
 import sys
@@ -26,48 +29,14 @@ def _say(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
-def _parse_value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare string such as answers_only
-
-
-def apply_overrides(cfg, pairs: list[str], what: str) -> None:
-    """``["train.steps=100", "optim.lr=1e-3"]`` -> set on ``cfg`` (unknown keys fail with the valid ones)."""
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"{what} override {pair!r} is not KEY=VALUE")
-        key, text = pair.split("=", 1)
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if part not in node:
-                raise KeyError(f"{what}: no section {part!r} in {key!r}; valid: {sorted(node.keys())}")
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"{what}: no field {leaf!r} in {key!r}; valid: {sorted(node.keys())}")
-        value = _parse_value(text)
-        if isinstance(node[leaf], (list, tuple)) and isinstance(value, str):
-            value = type(node[leaf])(v for v in value.split(",") if v)
-        try:
-            node[leaf] = value
-        except TypeError as e:  # ConfigDict keeps each field's type
-            raise ValueError(f"{what} {key}={text!r}: {e}") from e
-
-
-def make_data(out: str, scenes: int, seed: int, overrides: list[str] | None = None) -> str:
-    from configs import data_synthetic
+def make_data(out: str, cfg) -> str:
+    """The scenes of ``cfg`` (configs/data_synthetic.py:demo with the command line's ``--data.*``)."""
     from data_pipeline.make_dataset import make_dataset
     from vlm3r_jax.eval.baselines import dataset_baselines
 
     if os.path.exists(os.path.join(out, "stats.json")):
         print(f"dataset exists: {out}")
         return out
-    cfg = data_synthetic.get_config("demo")
-    cfg.num_scenes = scenes
-    cfg.seed = seed
-    apply_overrides(cfg, overrides or [], "--data-set")
     make_dataset(cfg, out, baselines=dataset_baselines)
     return out
 
@@ -189,63 +158,72 @@ def other_scene_records(records: str, out: str) -> str:
 AFTER_TRAINING_S = 100.0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", default="runs/demo", help="where everything is written (default: runs/demo)")
-    ap.add_argument("--steps", type=int, default=1200,
-                    help="training steps (default 1200: 15-19 min on a quiet 2-core CPU)")
-    ap.add_argument("--batch-size", type=int, default=16,
-                    help="global batch size in rows of data.questions_per_row questions each (default 16)")
-    ap.add_argument("--scenes", type=int, default=120, help="procedural scenes to generate (default 120)")
-    ap.add_argument("--eval-limit", type=int, default=0, help="evaluate only the first N questions (0 = all)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--time-budget", type=float, default=20.0, metavar="MINUTES",
-                    help="wall-time budget of the whole demo (default 20): training stops early, with a "
-                         "checkpoint, when the remaining stages would not fit; 0 = always run every step")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a field of configs/demo_tiny.py, e.g. --set optim.lr=1e-3 (repeatable)")
-    ap.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a field of configs/data_synthetic.py:demo, e.g. --data-set num_per_task=8")
-    args = ap.parse_args(argv)
-    # the held-out fifth of the scenes needs 2 for the other-scene control (eval_fraction 0.2)
-    if args.scenes < 8:
-        ap.error(f"--scenes {args.scenes}: at least 8, so that 2 or more scenes are held out for evaluation")
-    if args.steps < 1:
-        ap.error(f"--steps {args.steps}: at least 1")
+# the flag spellings of the argparse release: accepted for one more release with a note
+LEGACY = {"--set": "--config.", "--data-set": "--data.", "--steps": "--config.train.steps",
+          "--batch-size": "--config.train.batch_size", "--scenes": "--data.num_scenes",
+          "--eval-limit": "--eval_limit", "--time-budget": "--time_budget"}
 
-    from configs import data_synthetic, demo_tiny, eval_vsibench
+
+def parse_args(argv: list[str]):
+    """``argv`` (no program name) -> the parsed flags; a usage error exits 2 with one line, before
+    any work (a bad value must not fail after the dataset is generated)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from launch import cli
+
+    def define(fv, full_argv: list[str]) -> None:
+        config_flags.DEFINE_config_file("config", cli.resolve_spec("configs/demo_tiny.py"),
+                                        "The training run (configs/demo_tiny.py).", flag_values=fv,
+                                        lock_config=True, sys_argv=full_argv)
+        config_flags.DEFINE_config_file("data", cli.resolve_spec("configs/data_synthetic.py") + ":demo",
+                                        "The generated scenes (configs/data_synthetic.py:demo).", flag_values=fv,
+                                        lock_config=True, sys_argv=full_argv)
+        flags.DEFINE_string("workdir", "runs/demo", "Where everything is written.", flag_values=fv)
+        flags.DEFINE_integer("seed", 0, "Seed of the scenes, the model and the training order (sets data.seed, "
+                             "config.model.seed and config.train.seed).", flag_values=fv)
+        flags.DEFINE_integer("eval_limit", 0, "Evaluate only the first N questions (0 = all).", flag_values=fv)
+        flags.DEFINE_float("time_budget", 20.0, "Wall-time budget of the whole demo in minutes: training stops "
+                           "early, with a checkpoint, when the remaining stages would not fit; 0 = every step.",
+                           flag_values=fv)
+
+    fv, rest = cli.parse_local(argv, define, __doc__, legacy=LEGACY, more_configs=("data",))
+    # the held-out fifth of the scenes needs 2 for the other-scene control (eval_fraction 0.2)
+    problems = [f"unexpected arguments {rest}" if rest else "",
+                f"--data.num_scenes={fv.data.num_scenes}: at least 8, so that 2 or more scenes are held out "
+                "for evaluation" if fv.data.num_scenes < 8 else "",
+                f"--config.train.steps={fv.config.train.steps}: at least 1" if fv.config.train.steps < 1 else "",
+                f"--workdir {fv.workdir} is a file; pass a directory" if os.path.isfile(fv.workdir) else ""]
+    if msg := next((p for p in problems if p), ""):
+        cli.usage_error(msg)
+    return fv
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from configs import eval_vsibench
     from launch import eval as eval_launcher
     from vlm3r_jax import api
     from vlm3r_jax.train import vlm3r_task
 
-    try:  # a bad --set / --data-set fails here, not after the dataset is generated
-        apply_overrides(demo_tiny.get_config(), args.set, "--set")
-        apply_overrides(data_synthetic.get_config("demo"), args.data_set, "--data-set")
-    except (KeyError, ValueError) as e:
-        ap.error(str(e).strip('"'))
     t0 = time.time()
     wd = os.path.abspath(args.workdir)
-    if os.path.exists(wd) and not os.path.isdir(wd):
-        ap.error(f"--workdir {wd} is a file; pass a directory")
     _say("1/5 procedural scene dataset")
-    data = make_data(os.path.join(wd, "data"), args.scenes, args.seed, args.data_set)
+    dcfg = args.data
+    dcfg.seed = args.seed
+    data = make_data(os.path.join(wd, "data"), dcfg)
     t_data = time.time() - t0
     _say("2/5 tokenizer and tiny VLM-3R")
-    cfg = demo_tiny.get_config()
-    apply_overrides(cfg, [p for p in args.set if p.startswith("data.split_digits=")], "--set")
+    cfg = args.config
     tok_dir = make_tokenizer(data, os.path.join(wd, "tokenizer"), split_digits=bool(cfg.data.split_digits))
     cfg.data.root = data
     cfg.data.tokenizer_dir = tok_dir
     cfg.data.train_files = (group_by_scene(data, cfg.data.questions_per_row, args.seed),)
-    cfg.train.steps = args.steps
-    cfg.train.batch_size = args.batch_size
     cfg.train.seed = args.seed
     cfg.model.seed = args.seed
-    apply_overrides(cfg, args.set, "--set")
     if args.time_budget > 0:
         cfg.train.max_seconds = max(60.0, 60 * args.time_budget - (time.time() - t0) - AFTER_TRAINING_S)
-    _say(f"3/5 training {args.steps} steps (checkpoints in {wd}/train/checkpoints)")
+    _say(f"3/5 training {cfg.train.steps} steps (checkpoints in {wd}/train/checkpoints)")
     t1 = time.time()
     result, model_dir = vlm3r_task.run(cfg, os.path.join(wd, "train"))
     t_train = time.time() - t1
@@ -254,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
               f"command resumes")
         return vlm3r_task.PREEMPTED_EXIT_CODE
     if result.last_step < cfg.train.steps:
-        print(f"training stopped at step {result.last_step} of {cfg.train.steps} to stay inside --time-budget "
-              f"{args.time_budget:g} min (--time-budget 0 runs every step)")
+        print(f"training stopped at step {result.last_step} of {cfg.train.steps} to stay inside --time_budget "
+              f"{args.time_budget:g} min (--time_budget=0 runs every step)")
     curve = loss_curve(os.path.join(wd, "train"), os.path.join(wd, "loss_curve.png"))
     # a re-run of a finished training has no fresh history: the metrics file has the whole run
     from vlm3r_jax.train.metrics import read_metrics
@@ -301,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     question = build_question(rec, "vsibench")
     answer = model.answer(video, question, max_new_tokens=16)
     print(f"video:    {video}\nquestion: {question}\nanswer:   {answer!r} (ground truth {rec['ground_truth']!r})")
+    from vlm3r_jax.infer.viz import render_reconstruction
+
+    picture = os.path.join(wd, "answer.png")  # what CUT3R reconstructed, captioned with the answer
+    render_reconstruction(model.reconstruct(video, num_frames=cfg.data.num_frames), picture, question=question,
+                          answer=answer)
+    print(f"picture:  {picture}")
     overall = (res or {}).get("scores", {}).get("overall")
     print(f"\ndone in {time.time() - t0:.0f} s (data {t_data:.0f} s, training {t_train:.0f} s, eval {t_eval:.0f} s). "
           f"overall={overall}; outputs under {wd}")

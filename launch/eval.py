@@ -213,4 +213,4 @@ if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
     from launch import cli
 
-    cli.run(main)
+    cli.run(main, help_config="configs/eval_vsibench.py")

@@ -185,4 +185,4 @@ if __name__ == "__main__":
     _flags = _define_flags()
     from launch import cli
 
-    cli.run(lambda argv: main(argv, _flags))
+    cli.run(lambda argv: main(argv, _flags), help_config="configs/cut3r_512_dpt.py")

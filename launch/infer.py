@@ -1,62 +1,73 @@
 """Ask a VLM-3R a question about a video from the command line.
 
     python -m launch.infer --checkpoint runs/demo/model --video scene.mp4 \\
-        --question "How many chairs are in the room?" [--frames 32] [--temperature 0] [--viz out.png]
+        --question "How many chairs are in the room?" [--config.num_frames=32] [--config.temperature=0] \\
+        [--viz out.png]
 
 ``--checkpoint`` is a directory written by our trainer (``vlm3r_config.json``) or a released
 VLM-3R LoRA directory; for the latter also pass ``--base`` (the LLaVA-Video-Qwen2 directory) and
-``--geometry`` (the CUT3R ``.pth``). Checkpoint and base may be Hub repo ids
-(``Journey9ni/vlm-3r-llava-qwen2-lora``, ``lmms-lab/LLaVA-NeXT-Video-7B-Qwen2``, ``@revision`` pins one). ``--viz`` saves a picture of CUT3R's reconstruction (point
+``--geometry`` (the CUT3R ``.pth``). ``--viz`` saves a picture of CUT3R's reconstruction (point
 cloud from above and in perspective, camera path with frame numbers, the frames) with the
 question and answer as its caption. ``--question`` may be given several times: the questions
-become one conversation over the same video (the video is encoded once).
+become one conversation over the same video (the video is encoded once). Sampling settings are
+the fields of ``configs/infer.py`` (``--config.max_new_tokens=16``, ...).
+
+Example: python -m launch.infer --checkpoint runs/demo/model --video runs/demo/data/synthetic/scene_0000.mp4 \\
+    --question 'How many chairs are in the room?' --viz answer.png
 
 Exit codes: 0 answered, 2 bad input (missing/unreadable video or checkpoint, prompt too long).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 import time
 
+from absl import flags
+from ml_collections import config_flags
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m launch.infer", description=__doc__.split("\n\n")[0],
-        epilog="Example: python -m launch.infer --checkpoint runs/demo/model --video runs/demo/data/"
-               "synthetic/scene_0000.mp4 --question 'How many chairs are in the room?' --viz answer.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="our checkpoint dir, or a released VLM-3R LoRA dir; either may be a Hub repo id org/name[@rev]")
-    p.add_argument("--base", default=None, help="released layout only: the LLaVA-Video-Qwen2 base dir or Hub repo id")
-    p.add_argument("--geometry", default=None, help="released layout only: the CUT3R .pth checkpoint")
-    p.add_argument("--video", required=True, help="a video file (mp4, ...) or a directory of frame images")
-    p.add_argument("--question", required=True, action="append",
-                   help="the question; repeat the flag to ask follow-up questions in one conversation")
-    p.add_argument("--frames", type=int, default=None,
-                   help="frames sampled uniformly from the video (default: what the checkpoint was trained with, "
-                        "recorded by our trainer; 32 for a released model)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit in tokens (default 64)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k best tokens only (0 = all)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (the output is deterministic given it)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter/compute dtype")
-    p.add_argument("--viz", default=None, metavar="OUT.png", help="save a picture of the reconstruction here")
-    args = p.parse_args(argv)
-    for flag in ("temperature", "top_p", "repetition_penalty"):
-        v = getattr(args, flag)
+from launch import cli
+
+# the spellings of the argparse release: accepted for one more release with a note
+LEGACY = {"--frames": "--config.num_frames", "--max-new-tokens": "--config.max_new_tokens",
+          "--temperature": "--config.temperature", "--top-p": "--config.top_p", "--top-k": "--config.top_k",
+          "--repetition-penalty": "--config.repetition_penalty", "--seed": "--config.seed",
+          "--dtype": "--config.dtype"}
+DTYPES = ("float32", "bfloat16")
+
+
+def parse_args(argv: list[str]) -> flags.FlagValues:
+    """``argv`` (no program name) -> the parsed flags; a usage error exits 2 with one line."""
+    def define(fv: flags.FlagValues, full_argv: list[str]) -> None:
+        config_flags.DEFINE_config_file("config", cli.resolve_spec("configs/infer.py"),
+                                        "Sampling settings (configs/infer.py).", flag_values=fv,
+                                        lock_config=True, sys_argv=full_argv)
+        flags.DEFINE_string("checkpoint", None, "Our checkpoint dir, or a released VLM-3R LoRA dir.", flag_values=fv)
+        flags.DEFINE_string("base", None, "Released layout only: the LLaVA-Video-Qwen2 base dir.", flag_values=fv)
+        flags.DEFINE_string("geometry", None, "Released layout only: the CUT3R .pth checkpoint.", flag_values=fv)
+        flags.DEFINE_string("video", None, "A video file (mp4, ...) or a directory of frame images.", flag_values=fv)
+        flags.DEFINE_multi_string("question", [], "The question; repeat the flag to ask follow-up questions in one "
+                                  "conversation.", flag_values=fv)
+        flags.DEFINE_string("viz", None, "Save a picture of the reconstruction here (OUT.png).", flag_values=fv)
+
+    fv, rest = cli.parse_local(argv, define, __doc__, legacy=LEGACY)
+    cfg = fv.config
+    problems = [f"unexpected arguments {rest}" if rest else "",
+                "--checkpoint is required" if not fv.checkpoint else "",
+                "--video is required" if not fv.video else "",
+                "--question is required" if not fv.question else "",
+                f"--config.num_frames={cfg.num_frames}: at least 1 (or 0 = the checkpoint's)" if cfg.num_frames < 0 else "",
+                f"--config.max_new_tokens={cfg.max_new_tokens}: at least 1" if cfg.max_new_tokens < 1 else "",
+                f"--config.dtype={cfg.dtype!r}: one of {list(DTYPES)}" if cfg.dtype not in DTYPES else ""]
+    for field in ("temperature", "top_p", "repetition_penalty"):
+        v = float(cfg[field])
         if not math.isfinite(v) or v < 0:
-            p.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {v}")
-    if args.frames is not None and args.frames < 1:
-        p.error(f"--frames must be >= 1, got {args.frames}")
-    if args.max_new_tokens < 1:
-        p.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    return args
+            problems.append(f"--config.{field}={v}: must be a finite number >= 0")
+    if msg := next((p for p in problems if p), ""):
+        cli.usage_error(msg)
+    return fv
 
 
 def _fail(msg: str) -> int:
@@ -82,7 +93,9 @@ def _viz_problem(path: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = args.config
+    frames = cfg.num_frames or None
     if not os.path.exists(args.video):
         return _fail(f"video not found: {args.video} (give a video file or a directory of frames)")
     from vlm3r_jax.convert.hub import parse_repo_id
@@ -105,19 +118,19 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     try:
-        model = api.load_vlm3r(args.checkpoint, base=args.base, geometry=args.geometry, dtype=args.dtype,
-                               num_frames=args.frames)
+        model = api.load_vlm3r(args.checkpoint, base=args.base, geometry=args.geometry, dtype=cfg.dtype,
+                               num_frames=frames)
     except (FileNotFoundError, ValueError) as e:
         return _fail(f"cannot load the model from {args.checkpoint}: {e}")
     print(f"loaded {args.checkpoint} in {time.time() - t0:.1f}s", file=sys.stderr)
-    sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                    repetition_penalty=args.repetition_penalty, seed=args.seed)
+    sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                    repetition_penalty=cfg.repetition_penalty, seed=cfg.seed)
     try:
-        model.check_frames(args.frames or model.num_frames)
-        chat = model.chat(args.video, num_frames=args.frames)
+        model.check_frames(frames or model.num_frames)  # before any frame is decoded
+        chat = model.chat(args.video, num_frames=frames)
         answers = []
         for q in args.question:
-            answers.append(chat.ask(q, max_new_tokens=args.max_new_tokens, **sampling))
+            answers.append(chat.ask(q, max_new_tokens=cfg.max_new_tokens, **sampling))
             print(answers[-1] if len(args.question) == 1 else f"Q: {q}\nA: {answers[-1]}", flush=True)
     except VideoError as e:
         return _fail(f"cannot read the video: {e}")
@@ -126,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.viz:
         from vlm3r_jax.infer.viz import render_reconstruction
 
-        rec = model.reconstruct(args.video, num_frames=args.frames)
+        rec = model.reconstruct(args.video, num_frames=frames)
         try:
             render_reconstruction(rec, args.viz, question=" / ".join(args.question), answer=" / ".join(answers))
         except OSError as e:  # e.g. the disk filled up or the folder went away during the run

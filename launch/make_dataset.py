@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, help_config="configs/data_synthetic.py")

@@ -3,7 +3,7 @@
 #   bash launch/test.sh            # default suite (what CI runs)
 #   bash launch/test.sh --all      # also the tests marked slow (nightly)
 #   bash launch/test.sh -k qwen2   # extra arguments go to pytest
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+VLM3R_EXTRAS="test,tfds" source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 ARGS=()
 for a in "$@"; do
   if [ "$a" = "--all" ]; then ARGS+=(-m "slow or not slow"); else ARGS+=("$a"); fi

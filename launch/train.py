@@ -61,4 +61,4 @@ if __name__ == "__main__":
     _define_flags()
     from launch import cli
 
-    cli.run(main)
+    cli.run(main, help_config="configs/demo_tiny.py")

@@ -35,18 +35,20 @@ def test_help_explains_every_flag():
     r = subprocess.run([sys.executable, "-m", "launch.infer", "--help"], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0
-    for flag in ("--checkpoint", "--video", "--question", "--frames", "--temperature", "--viz", "--base",
-                 "--repetition-penalty", "Example"):
+    for flag in ("--checkpoint", "--video", "--question", "--config.num_frames=0", "--config.temperature=0.0",
+                 "--viz", "--base", "--config.repetition_penalty=1.0", "discourages repeats", "Example",
+                 "--max-new-tokens -> --config.max_new_tokens"):  # the last: the deprecated spelling
         assert flag in r.stdout
 
 
 def test_answers_and_draws(files, capsys):
+    """Also the deprecation path: the argparse-era spellings still work, with one note."""
     out_png = str(files["dir"] / "rec.png")
     rc = infer.main(["--checkpoint", files["ckpt"], "--video", files["video"], "--question", "How many chairs?",
                      "--question", "Which object is closest to the door?", "--frames", "4", "--max-new-tokens", "4",
                      "--viz", out_png])
-    out = capsys.readouterr().out
-    assert rc == 0
+    out, err = capsys.readouterr()
+    assert rc == 0 and err.count("deprecated flag spelling") <= 1
     assert out.count("Q: ") == 2 and out.count("A: ") == 2
     assert os.path.getsize(out_png) > 10_000
 
@@ -54,7 +56,7 @@ def test_answers_and_draws(files, capsys):
 @pytest.mark.parametrize("case", ["missing_video", "corrupt_video", "missing_checkpoint", "too_long"])
 def test_bad_input_is_explained(files, capsys, case):
     args = {"--checkpoint": files["ckpt"], "--video": files["video"], "--question": "How many chairs?",
-            "--frames": "4"}
+            "--config.num_frames": "4"}
     expect = {"missing_video": "video not found", "corrupt_video": "cannot read the video",
               "missing_checkpoint": "checkpoint directory not found", "too_long": "prompt too long"}[case]
     if case == "missing_video":
@@ -95,7 +97,7 @@ def test_checkpoint_remembers_its_frame_count(files, tmp_path):
     assert read_num_frames(str(old)) is None and api.load_vlm3r(str(old)).num_frames == 32
     # the CLI's default follows the checkpoint: 4 frames, so a 4-frame video is not resampled to 32
     assert infer.main(["--checkpoint", files["ckpt"], "--video", files["video"], "--question", "How many chairs?",
-                       "--max-new-tokens", "2"]) == 0
+                       "--config.max_new_tokens=2"]) == 0
 
 
 def _args(files, **over):
@@ -152,3 +154,15 @@ def test_output_paths_and_question_checked_before_work(files, capsys, monkeypatc
     }[case]
     assert infer.main(_args(files, **over)) == 2
     assert expect in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize("args, msg", [(["--config.dtype=int8"], "one of ['float32', 'bfloat16']"),
+                                       (["--config.top_k=abc"], "top_k takes an int (default 0)"),
+                                       (["--config.topk=3"], "valid keys under config"),
+                                       (["--unknown"], "Unknown command line flag 'unknown'")])
+def test_bad_flags_are_one_line(args, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        infer.parse_args(["--checkpoint", "c", "--video", "v", "--question", "q", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, err

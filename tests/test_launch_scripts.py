@@ -56,3 +56,29 @@ def test_gpu_multihost_env():
     assert r.returncode == 0, r.stderr
     assert "VLM3R_NUM_PROCESSES=4" in r.stdout and "VLM3R_PROCESS_ID=3" in r.stdout
     assert "VLM3R_COORDINATOR_ADDRESS=n1:999" in r.stdout and "launch.train --config c.py" in r.stdout
+
+
+def test_venv_install_is_retried_after_an_interrupted_pip(tmp_path):
+    """launch/_venv.sh stamps .venv only after pip succeeds: a Ctrl-C during the first install
+    (pip exits 130) leaves no stamp, so the next run installs again; then it skips pip."""
+    (tmp_path / "launch").mkdir()
+    shutil.copy(os.path.join(ROOT, "launch", "_venv.sh"), tmp_path / "launch" / "_venv.sh")
+    shutil.copy(os.path.join(ROOT, "setup.py"), tmp_path / "setup.py")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    stub = bin_dir / "python"  # records each install; fails while the file 'interrupt' exists
+    stub.write_text('#!/usr/bin/env bash\ncase "$*" in\n  *"install -q -e"*) echo "$*" >> "$(dirname "$0")/calls"\n'
+                    '    [ -f "$(dirname "$0")/interrupt" ] && exit 130; exit 0;;\nesac\nexit 0\n')
+    stub.chmod(0o755)
+    (bin_dir / "interrupt").touch()
+
+    def source(extras):
+        return _sh("-c", f"VLM3R_EXTRAS={extras} source {tmp_path}/launch/_venv.sh")
+
+    assert source("").returncode == 130 and not list((tmp_path / ".venv").glob(".vlm3r_installed*"))
+    (bin_dir / "interrupt").unlink()
+    assert source("").returncode == 0 and (tmp_path / ".venv" / ".vlm3r_installed").exists()
+    assert source("").returncode == 0  # stamped: no pip
+    assert source("test,tfds").returncode == 0  # the test extras are a second, separate install
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert [c.split()[-1] for c in calls] == [".", ".", ".[test,tfds]"]

@@ -76,6 +76,22 @@ def test_adapters_split_from_base_and_carry_axes():
     assert all("lora" not in ".".join(map(str, p)) for p, _ in nnx.to_flat_state(base_state))
 
 
+def test_flax_lora_filters_select_our_adapters():
+    """Filters written for Flax's own LoRA (``nnx.LoRAParam``, ``nnx.DiffState``) see our adapters."""
+    model = Net(nnx.Rngs(0))
+    attach_lora(model, CFG, rngs=nnx.Rngs(5))
+    assert issubclass(LoRAParam, nnx.LoRAParam)
+    _, flax_lora, rest, _ = nnx.split(model, nnx.LoRAParam, nnx.Param, ...)
+    _, ours, _ = nnx.split(model, LoRAParam, ...)
+    assert len(nnx.to_flat_state(flax_lora)) == 8
+    assert [p for p, _ in nnx.to_flat_state(flax_lora)] == [p for p, _ in nnx.to_flat_state(ours)]
+    assert all("lora" not in ".".join(map(str, p)) for p, _ in nnx.to_flat_state(rest))
+    x = np.ones((2, 6), np.float32)
+    grads = nnx.grad(lambda m: m(x).sum(), argnums=nnx.DiffState(0, nnx.LoRAParam))(model)
+    assert {".".join(map(str, p)) for p, _ in nnx.to_flat_state(grads)} == {
+        ".".join(map(str, p)) for p, _ in nnx.to_flat_state(flax_lora)}
+
+
 def test_no_match_is_an_error():
     with pytest.raises(ValueError, match="matched no Linear"):
         attach_lora(Net(nnx.Rngs(0)), LoRAConfig(targets=("nothing",)), rngs=nnx.Rngs(0))

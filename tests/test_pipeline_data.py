@@ -355,11 +355,12 @@ def test_video_cache_same_batches_fewer_decodes(data, monkeypatch):
 def test_decode_threads(data, monkeypatch):
     """Worker processes decode with cores // workers threads (no oversubscription); the frames do
     not depend on the thread count."""
-    from data_pipeline import examples as pipeline_mod
+    from data_pipeline import examples
 
-    monkeypatch.setattr(pipeline_mod.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(examples.os, "cpu_count", lambda: 8)  # decode_threads lives in examples.py
+
     def threads(**kw) -> int:
-        return pipeline_mod.decode_threads(PipelineConfig(**{**SMALL, **kw}))
+        return examples.decode_threads(PipelineConfig(**{**SMALL, **kw}))
 
     assert threads(worker_count=0) == 0  # in-process: FFmpeg's choice
     assert threads(worker_count=2) == 4

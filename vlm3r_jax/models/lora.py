@@ -3,9 +3,9 @@
 ``attach_lora(model, targets=...)`` puts a :class:`LoRA` module into the ``lora`` slot of every
 matching ``Linear``: ``y = x W + b + (alpha / r) * dropout(x) A B`` with ``A`` ``[in, r]`` and
 ``B`` ``[r, out]`` (PEFT stores ``lora_A`` ``[r, in]`` and ``lora_B`` ``[out, r]``). The adapter
-weights are :class:`LoRAParam` variables, a subclass of ``nnx.Param``, so
-``nnx.split(model, LoRAParam, nnx.Param, ...)`` separates them from the frozen base weights
-and the optimizer only ever sees the adapters.
+weights are :class:`LoRAParam` variables, a subclass of Flax's ``nnx.LoRAParam`` (itself an
+``nnx.Param``), so ``nnx.split(model, nnx.LoRAParam, nnx.Param, ...)`` - or our subclass as the
+filter - separates them from the frozen base weights and the optimizer only ever sees the adapters.
 
 ``merge_lora`` folds the adapters into the kernels (what PEFT's ``merge_and_unload`` does) and
 ``unmerge_lora`` takes them out again.
@@ -26,8 +26,9 @@ from flax import nnx
 from vlm3r_jax.layers import Linear
 
 
-class LoRAParam(nnx.Param):
-    """A LoRA adapter weight (its own variable type so filters can select adapters only)."""
+class LoRAParam(nnx.LoRAParam):
+    """A LoRA adapter weight. It subclasses ``nnx.LoRAParam`` so NNX filters written for Flax's own
+    LoRA (``nnx.LoRAParam``, ``nnx.DiffState(0, nnx.LoRAParam)``) select our adapters too."""
 
 
 @dataclasses.dataclass(frozen=True)
