@@ -29,6 +29,8 @@ from typing import Any
 
 from absl import app, flags
 
+_LEGACY_NOTED: list[bool] = []  # non-empty once the deprecation note was printed
+
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
@@ -100,8 +102,10 @@ def rewrite_legacy(argv: list[str], legacy: dict[str, str]) -> list[str]:
         else:
             out.append(a)
         i += 1
-    if used and not os.environ.get("_VLM3R_LEGACY_NOTED"):
-        os.environ["_VLM3R_LEGACY_NOTED"] = "1"  # once per run, also across launchers run by the demo
+    if used and not _LEGACY_NOTED:
+        # once per process, also across launchers the demo runs in-process; a process-wide flag,
+        # not an environment variable, so it never reaches (and silences) a child process
+        _LEGACY_NOTED.append(True)
         print(f"note: deprecated flag spelling, still accepted in this release: {', '.join(dict.fromkeys(used))}",
               file=sys.stderr)
     return out
