@@ -9,7 +9,7 @@ axis, run by ``jax.lax.scan`` so XLA compiles one layer body instead of L copies
 
 Building L modules first and stacking them keeps the random draws of a Python-loop build, so
 the same seed gives the same weights. Variables without the leading ``"layers"`` axis (e.g. a
-LoRA adapter's dropout RNG) are shared by every layer and closed over by the scan body.
+LoRA adapter's dropout RNG) are shared by every layer and carried through the scan.
 """
 
 from __future__ import annotations
@@ -68,18 +68,25 @@ def scan_layers(stacks: nnx.Module | tuple[nnx.Module, ...], body: Callable[...,
     with ``ys`` stacked ``[L, ...]``. ``xs`` (optional, leading ``[L]``) gives each layer its own
     input. Each layer runs under the remat ``policy`` (:mod:`vlm3r_jax.layers.remat`)."""
     multi = isinstance(stacks, tuple)
-    parts = [nnx.split(s, _stacked_filter, ...) for s in (stacks if multi else (stacks,))]
+    modules = stacks if multi else (stacks,)
+    parts = [nnx.split(s, _stacked_filter, ...) for s in modules]
     graphdefs = [p[0] for p in parts]
     per_layer = [p[1] for p in parts]
-    shared = [p[2] for p in parts]
 
     def step(c: Any, inp: Any) -> tuple[Any, Any]:
+        user, shared = c
         states, x = inp
         layers = tuple(nnx.merge(g, s, r) for g, s, r in zip(graphdefs, states, shared))
-        return body(layers if multi else layers[0], c, x)
+        user, y = body(layers if multi else layers[0], user, x)
+        # shared variables (dropout RNG counters) travel in the carry: each layer draws anew
+        return (user, [nnx.split(m, _stacked_filter, ...)[2] for m in layers]), y
 
     # prevent_cse=False: the scan already keeps XLA from merging recomputation into the forward.
-    return jax.lax.scan(remat(step, policy, prevent_cse=False), carry, (per_layer, xs))
+    (carry, shared), ys = jax.lax.scan(remat(step, policy, prevent_cse=False),
+                                       (carry, [p[2] for p in parts]), (per_layer, xs))
+    for m, r in zip(modules, shared):
+        nnx.update(m, r)
+    return carry, ys
 
 
 def per_layer_name(path: Sequence[str], var: nnx.Variable, layer: int) -> str:
