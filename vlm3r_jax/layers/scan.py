@@ -73,19 +73,24 @@ def scan_layers(stacks: nnx.Module | tuple[nnx.Module, ...], body: Callable[...,
     graphdefs = [p[0] for p in parts]
     per_layer = [p[1] for p in parts]
 
+    drew = []  # set while tracing when a layer advanced a shared RNG counter (training dropout)
+
     def step(c: Any, inp: Any) -> tuple[Any, Any]:
         user, shared = c
         states, x = inp
         layers = tuple(nnx.merge(g, s, r) for g, s, r in zip(graphdefs, states, shared))
         user, y = body(layers if multi else layers[0], user, x)
         # shared variables (dropout RNG counters) travel in the carry: each layer draws anew
-        return (user, [nnx.split(m, _stacked_filter, ...)[2] for m in layers]), y
+        after = [nnx.split(m, _stacked_filter, ...)[2] for m in layers]
+        drew.append(any(a is not b for a, b in zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(shared))))
+        return (user, after), y
 
     # prevent_cse=False: the scan already keeps XLA from merging recomputation into the forward.
     (carry, shared), ys = jax.lax.scan(remat(step, policy, prevent_cse=False),
                                        (carry, [p[2] for p in parts]), (per_layer, xs))
-    for m, r in zip(modules, shared):
-        nnx.update(m, r)
+    if any(drew):  # write back only then: a module built outside this trace may not be mutated
+        for m, r in zip(modules, shared):
+            nnx.update(m, r)
     return carry, ys
 
 
