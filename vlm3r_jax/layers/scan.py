@@ -78,11 +78,12 @@ def scan_layers(stacks: nnx.Module | tuple[nnx.Module, ...], body: Callable[...,
     def step(c: Any, inp: Any) -> tuple[Any, Any]:
         user, shared = c
         states, x = inp
+        before = jax.tree_util.tree_leaves(shared)  # values now: merge shares the Variable objects
         layers = tuple(nnx.merge(g, s, r) for g, s, r in zip(graphdefs, states, shared))
         user, y = body(layers if multi else layers[0], user, x)
         # shared variables (dropout RNG counters) travel in the carry: each layer draws anew
         after = [nnx.split(m, _stacked_filter, ...)[2] for m in layers]
-        drew.append(any(a is not b for a, b in zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(shared))))
+        drew.append(any(a is not b for a, b in zip(jax.tree_util.tree_leaves(after), before)))
         return (user, after), y
 
     # prevent_cse=False: the scan already keeps XLA from merging recomputation into the forward.
