@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
         vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,
         intermediate_size=18944, rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=False,
         param_dtype="bfloat16", dtype="bfloat16", attention_impl="auto",
+        remat="dots_with_no_batch_dims_saveable",  # per scanned layer (vlm3r_jax/layers/remat.py)
     ))
     c.lora = ml_collections.ConfigDict(dict(
         rank=128, alpha=256.0, dropout=0.05, targets=(r".*\.(q|k|v|o|gate|up|down)",)))

@@ -34,11 +34,11 @@ def test_compile_local_mesh_and_memory_report():
     want = r * ((d + d) + 2 * (d + kv) + (d + d) + 2 * (d + f) + (f + d))
     assert res.trainable_params == want
     assert res.frozen_params > 0 and res.flops_per_step > 0
-    # the donated train state is sharded as the logical rules say: LoRA A of q [embed, lora_rank]
+    # the donated train state is sharded as the logical rules say: LoRA A of q [layers, embed, lora_rank]
     state_in = res.compiled.input_shardings[0][0]
     specs = {tuple(str(p) for p in path): s.spec for path, s in jax.tree_util.tree_flatten_with_path(state_in)[0]}
     q_a = [v for k, v in specs.items() if any("q" == p.strip("[]'.") for p in k) and any("lora_a" in p for p in k)]
-    assert q_a and q_a[0] == PartitionSpec("fsdp", None), specs
+    assert q_a and q_a[0] == PartitionSpec(None, "fsdp", None), specs  # [layers, embed, lora_rank]
     assert "total" in res.summary()
 
 

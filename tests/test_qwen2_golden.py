@@ -30,11 +30,10 @@ def _merge_lora(state, adapter: dict, scale: float):
             continue
         b = adapter[key.replace(".lora_A.", ".lora_B.")]
         parts = key.split(".")
-        layer = parts[parts.index("layers") + 1]
-        ours = f"layers.{layer}.{_PROJ[parts[-3]]}.kernel"
-        path = tuple(int(p) if p.isdigit() else p for p in ours.split("."))
+        layer = int(parts[parts.index("layers") + 1])
+        path = ("layers", *_PROJ[parts[-3]].split("."), "kernel")  # the layer stack's [L, in, out]
         var = flat[path]
-        var.set_value(var.get_value() + jnp.asarray(scale * (b @ a).T))
+        var.set_value(var.get_value().at[layer].add(jnp.asarray(scale * (b @ a).T)))
     return nnx.from_flat_state(flat)
 
 

@@ -47,13 +47,14 @@ def test_sharded_forward_and_generate_match_single_device(tmp_path):
 
     mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
     sharded = Qwen2LM.from_pretrained(d, mesh=mesh, attention_impl="xla")
-    q = sharded.state["layers"][0]["attn"]["q"]["kernel"].get_value()
-    assert q.sharding.spec == P("fsdp", "tensor")
-    assert q.addressable_shards[0].data.shape == (24, 12)
+    # the layer stack's leading [L] axis is never sharded
+    q = sharded.state["layers"]["attn"]["q"]["kernel"].get_value()
+    assert q.sharding.spec == P(None, "fsdp", "tensor")
+    assert q.addressable_shards[0].data.shape == (2, 24, 12)
     emb = sharded.state["embed"]["embedding"].get_value()
     assert emb.sharding.spec == P("tensor", "fsdp")
-    down = sharded.state["layers"][1]["mlp"]["down"]["kernel"].get_value()
-    assert down.sharding.spec == P("tensor", "fsdp")
+    down = sharded.state["layers"]["mlp"]["down"]["kernel"].get_value()
+    assert down.sharding.spec == P(None, "tensor", "fsdp")
 
     ids = np.random.default_rng(0).integers(0, CFG.vocab_size, (4, 10))
     mask = np.ones_like(ids)

@@ -88,5 +88,8 @@ def test_videos_in_a_batch_do_not_share_cut3r_state(golden):
     other = x[:, ::-1] * 0.5  # a different video
     both = np.asarray(m.geometry_tokens(jnp.concatenate([other, x], axis=0)))
     alone = np.asarray(m.geometry_tokens(x))
-    np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
+    # the CUT3R layers compile as one scanned body, so batch 2 and batch 1 round differently in
+    # float32, as the pre-scan code does under jax.jit (max diff 9.4e-5 for both); eager op-by-op
+    # execution was within 1e-5
+    np.testing.assert_allclose(both[1], alone[0], atol=2e-4)
     assert np.max(np.abs(both[0] - both[1])) > 1e-2

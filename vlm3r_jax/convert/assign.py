@@ -1,7 +1,9 @@
 """Fill a model's parameters from a :class:`TensorSource` through a name map.
 
 A converter describes, for every parameter path of our model (``"layers.0.attn.q.kernel"``),
-which source tensor(s) it comes from and how to transform them (:class:`Src`). This module
+which source tensor(s) it comes from and how to transform them (:class:`Src`). Layer stacks
+(:mod:`vlm3r_jax.layers.scan`) hold ``layers.attn.q.kernel`` as one ``[L, ...]`` array; name
+maps still speak per layer, and one stacked target is filled from its L per-layer tensors. This module
 does the rest once for every network: streaming one tensor at a time into the target dtype
 and sharding, and collecting every missing, mis-shaped and unexpected tensor into a single
 :class:`CheckpointError` that names the files involved.
@@ -21,6 +23,7 @@ from flax import nnx
 
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.sources import TensorSource
+from vlm3r_jax.layers.scan import is_stacked, per_layer_name
 
 
 def identity(x: np.ndarray) -> np.ndarray:
@@ -64,9 +67,29 @@ def flat_variables(state: Any) -> dict[str, nnx.Variable]:
     return {path_str(p): v for p, v in leaves if isinstance(v, nnx.Variable)}
 
 
+def per_layer_slots(state: Any) -> dict[str, tuple[str, int | None]]:
+    """``{per-layer name: (variable path, layer index or None)}``: a stacked variable at
+    ``layers.attn.q.kernel`` gives ``layers.0.attn.q.kernel``, ``layers.1...``; others map to themselves."""
+    leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+    out: dict[str, tuple[str, int | None]] = {}
+    for p, v in leaves:
+        if not isinstance(v, nnx.Variable):
+            continue
+        path = path_str(p)
+        if is_stacked(v):
+            names = path.split(".")
+            for i in range(v.get_value().shape[0]):
+                out[per_layer_name(names, v, i)] = (path, i)
+        else:
+            out[path] = (path, None)
+    return out
+
+
 def flat_arrays(state: Any) -> dict[str, np.ndarray]:
-    """``{dotted path: numpy array}`` of a concrete state (for export and tests)."""
-    return {k: np.asarray(v.get_value()) for k, v in flat_variables(state).items()}
+    """``{per-layer name: numpy array}`` of a concrete state (for export and tests): layer
+    stacks come out as one array per layer, under the names checkpoints use."""
+    flat = {k: np.asarray(v.get_value()) for k, v in flat_variables(state).items()}
+    return {name: flat[path] if i is None else flat[path][i] for name, (path, i) in per_layer_slots(state).items()}
 
 
 def load_state(
@@ -87,8 +110,9 @@ def load_state(
     e.g. from :func:`vlm3r_jax.sharding.state_shardings`) places each tensor as it is loaded.
     """
     # Only parameters come from checkpoints; RNG streams, caches and the like pass through.
-    targets = {k: v for k, v in flat_variables(state).items() if isinstance(v, nnx.Param)}
-    unmapped = sorted(set(targets) - set(mapping))
+    variables = flat_variables(state)
+    slots = {n: (p, i) for n, (p, i) in per_layer_slots(state).items() if isinstance(variables[p], nnx.Param)}
+    unmapped = sorted(set(slots) - set(mapping))
     if unmapped:
         raise CheckpointError(f"internal: no source rule for parameters {unmapped[:10]} ({what})")
     shard_flat = flat_variables(shardings) if shardings is not None else {}
@@ -96,9 +120,9 @@ def load_state(
     consumed: set[str] = set()
     missing: list[str] = []
     bad_shape: list[str] = []
-    loaded: dict[str, Any] = {}
-    for path, var in targets.items():
-        rule = mapping[path]
+    host: dict[str, Any] = {}  # variable path -> array, or {layer: array} for a stack
+    for name, (path, layer) in slots.items():
+        rule = mapping[name]
         keys = rule.key_tuple
         absent = [k for k in keys if k not in present]
         if absent:
@@ -106,19 +130,20 @@ def load_state(
             continue
         consumed.update(keys)
         arr = rule.fn(*[source.get(k) for k in keys])
-        target = var.get_value()
-        want = tuple(target.shape)
+        target = variables[path].get_value()
+        want = tuple(target.shape) if layer is None else tuple(target.shape[1:])
         if tuple(arr.shape) != want:
             shapes = ", ".join(f"{k} {list(source.shape(k))}" for k in keys)
-            bad_shape.append(f"{path}: expected {list(want)}, checkpoint has {shapes} (in {source.where(keys[0])})")
+            bad_shape.append(f"{name}: expected {list(want)}, checkpoint has {shapes} (in {source.where(keys[0])})")
             continue
         tdtype = target.dtype
         if dtype is not None and jnp.issubdtype(tdtype, jnp.floating):
             tdtype = jnp.dtype(dtype)
-        host = np.asarray(arr).astype(tdtype, copy=False)
-        sh = shard_flat.get(path)
-        sh = sh.get_value() if isinstance(sh, nnx.Variable) else sh
-        loaded[path] = jax.device_put(host, sh) if sh is not None else jnp.asarray(host)
+        arr = np.asarray(arr).astype(tdtype, copy=False)
+        if layer is None:
+            host[path] = arr
+        else:
+            host.setdefault(path, {})[layer] = arr
     patterns = [re.compile(p) for p in ignore]
     unexpected = sorted(k for k in present - consumed if not any(p.fullmatch(k) for p in patterns))
     problems = []
@@ -139,6 +164,14 @@ def load_state(
             + "\n".join(problems)
             + "\nCheck that config.json belongs to these weights and that the files are complete."
         )
+
+    loaded: dict[str, Any] = {}
+    for path, arr in host.items():
+        if isinstance(arr, dict):  # a layer stack: all L layers arrived (else an error was raised)
+            arr = np.stack([arr[i] for i in range(len(arr))])
+        sh = shard_flat.get(path)
+        sh = sh.get_value() if isinstance(sh, nnx.Variable) else sh
+        loaded[path] = jax.device_put(arr, sh) if sh is not None else jnp.asarray(arr)
 
     def put(p, v):
         key = path_str(p)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlm3r_jax.convert.assign import Src, flat_arrays, flat_variables, load_state, transpose
+from vlm3r_jax.convert.assign import Src, flat_arrays, flat_variables, load_state, per_layer_slots, transpose
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
@@ -247,7 +247,9 @@ def name_map(state: Any, source_keys: set[str] | None = None) -> dict[str, Src]:
     ``source_keys`` given, known aliases are resolved (``scratch.layerK_rn`` for ``layer_rn.K-1``,
     ``dec_blocks`` for a missing ``dec_blocks_state`` as the reference's load_state_dict does)."""
     out = {}
-    for path, var in flat_variables(state).items():
+    variables = flat_variables(state)
+    for path, (stored, layer) in per_layer_slots(state).items():
+        var = variables[stored]
         key = torch_name(path)
         if source_keys is not None and key not in source_keys:
             m = re.match(r"(.*scratch\.)layer_rn\.(\d)\.weight$", key)
@@ -258,7 +260,8 @@ def name_map(state: Any, source_keys: set[str] | None = None) -> dict[str, Src]:
                 and key.replace("dec_blocks_state.", "dec_blocks.", 1) in source_keys
             ):
                 key = key.replace("dec_blocks_state.", "dec_blocks.", 1)
-        fn, _ = _transform(path, np.ndim(var.get_value()) if hasattr(var.get_value(), "ndim") else 0)
+        ndim = np.ndim(var.get_value()) if hasattr(var.get_value(), "ndim") else 0
+        fn, _ = _transform(path, ndim - (layer is not None))
         out[path] = Src(key, fn) if fn is not None else Src(key)
     return out
 

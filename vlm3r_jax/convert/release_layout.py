@@ -19,8 +19,8 @@ from vlm3r_jax.convert.fusion_ckpt import export_fusion
 from vlm3r_jax.convert.hf_qwen2 import hf_name_map, to_hf_tensors
 from vlm3r_jax.convert.hf_siglip import export_siglip_hf
 from vlm3r_jax.convert.llava_projector import projector_mapping
-from vlm3r_jax.layers import Linear
 from vlm3r_jax.models.fusion import reference_heads
+from vlm3r_jax.models.lora import lora_layers
 
 BASE_DIR = "base_llava_video_qwen2"
 LORA_DIR = "vlm3r_lora"
@@ -48,11 +48,15 @@ def to_numpy(x: Any, dtype: Any) -> np.ndarray:
     return np.ascontiguousarray(a.astype(dtype) if dtype is not None and a.dtype != np.dtype(dtype) else a)
 
 
-def _lora_modules(llm: nnx.Module) -> dict[str, Any]:
-    """{our Linear path under the LLM ("layers.0.attn.q"): Linear} for Linears with an adapter."""
+def _lora_modules(llm: nnx.Module) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """{per-layer Linear path under the LLM ("layers.0.attn.q"): (kernel [in, out], A [in, r],
+    B [r, out], scale)} for Linears with an adapter (layer stacks give one entry per layer)."""
 
-    return {".".join(str(p) for p in path): m for path, m in nnx.iter_modules(llm)
-            if isinstance(m, Linear) and m.lora is not None}
+    out = {}
+    for path, lin, i in lora_layers(llm):
+        k, a, b = (np.asarray(x[...]) for x in (lin.kernel, lin.lora.lora_a, lin.lora.lora_b))
+        out[path] = (k, a, b, float(lin.lora.scale)) if i is None else (k[i], a[i], b[i], float(lin.lora.scale))
+    return out
 
 
 def llm_tensors(model: nnx.Module, *, merge: bool, dtype: Any = None) -> dict[str, np.ndarray]:
@@ -63,10 +67,9 @@ def llm_tensors(model: nnx.Module, *, merge: bool, dtype: Any = None) -> dict[st
     out = to_hf_tensors(nnx.state(llm, nnx.Param), llm.cfg)
     if merge:
         names = hf_name_map(llm.cfg)
-        for path, lin in _lora_modules(llm).items():
+        for path, (k, a, b, scale) in _lora_modules(llm).items():
             key, _ = names[path + ".kernel"]
-            k = np.asarray(lin.kernel[...])
-            merged = k.astype(np.float32) + np.asarray(lin.lora.delta())
+            merged = k.astype(np.float32) + scale * (a.astype(np.float32) @ b.astype(np.float32))
             out[key] = np.ascontiguousarray(merged.astype(k.dtype).T)
     return {k: to_numpy(v, dtype) for k, v in out.items()}
 
@@ -81,14 +84,13 @@ def lora_tensors(model: nnx.Module, dtype: Any = None) -> tuple[dict[str, np.nda
     names = hf_name_map(model.llm.cfg)
     tensors: dict[str, np.ndarray] = {}
     targets, ranks, scales = [], set(), set()
-    for path, lin in mods.items():
+    for path, (_, a, b, scale) in mods.items():
         module = names[path + ".kernel"][0][: -len(".weight")]
-        a, b = np.asarray(lin.lora.lora_a[...]), np.asarray(lin.lora.lora_b[...])
         tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = to_numpy(a.T, dtype)
         tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = to_numpy(b.T, dtype)
         targets.append(module)
         ranks.add(a.shape[1])
-        scales.add(float(lin.lora.scale))
+        scales.add(scale)
     if len(ranks) != 1 or len(scales) != 1:
         raise CheckpointError(f"PEFT's adapter_config.json holds one r and one alpha, but the adapters have ranks "
                               f"{sorted(ranks)} and scales {sorted(scales)}")

@@ -5,7 +5,7 @@ Building a model eagerly dispatches one small jax RNG op per parameter (hundreds
 Tests, notebooks and benchmarks that just need *some* weights use :func:`host_init` instead:
 the module is traced abstractly (``nnx.eval_shape``), then every parameter is filled by its name:
 
-    kernel, *_kernel   ~ N(0, 1 / fan_in)   (fan_in = product of all but the last dim)
+    kernel, *_kernel   ~ N(0, 1 / fan_in)   (fan_in = product of all but the last dim, per layer in a stack)
     scale              = 1                  (norms)
     bias, *_bias       = 0
     lora_b             = 0                  (so a fresh adapter leaves the base model unchanged)
@@ -26,16 +26,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlm3r_jax.layers.scan import is_stacked
+
 M = TypeVar("M", bound=nnx.Module)
 
 
-def _draw(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def _draw(name: str, shape: tuple[int, ...], rng: np.random.Generator, lead: int = 0) -> np.ndarray:
     if name == "scale":
         return np.ones(shape)
     if name == "bias" or name.endswith("_bias") or name == "lora_b":
         return np.zeros(shape)
     if name == "kernel" or name.endswith("_kernel") or name == "lora_a":
-        return rng.normal(size=shape) / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+        return rng.normal(size=shape) / np.sqrt(max(1, int(np.prod(shape[lead:-1]))))
     return rng.normal(size=shape) * (0.2 if name in ("mem", "masked_token") else 0.02)
 
 
@@ -53,7 +55,7 @@ def fill_random(abstract: M, seed: int = 0) -> M:
             return v.replace(jax.random.key(seed))
         if isinstance(v, nnx.RngCount):
             return v.replace(jnp.zeros(value.shape, value.dtype))
-        arr = _draw(name, tuple(value.shape), rng)
+        arr = _draw(name, tuple(value.shape), rng, lead=int(is_stacked(v)))
         return v.replace(jnp.asarray(arr.astype(np.dtype(value.dtype))))
 
     state = jax.tree_util.tree_map_with_path(draw, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

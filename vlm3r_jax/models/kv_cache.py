@@ -1,8 +1,9 @@
 """A pure, fixed-size key/value cache for decoder-only transformers (a pytree; jit/while_loop safe).
 
-Layout (one entry per layer, so each buffer is updated in place inside ``jax.lax.while_loop``)::
+Layout (all layers in one buffer, scanned together with the layer stack; each step writes only
+its new slots, so the buffers update in place inside ``jax.lax.while_loop``)::
 
-    k[i], v[i] : [B, S, Nkv, H]   keys (after RoPE) / values of layer i, S = max_len slots
+    k, v       : [L, B, S, Nkv, H] keys (after RoPE) / values; k[i] is layer i, S = max_len slots
     mask       : bool [B, S]      slot holds a real token (False: padding or not yet written)
     lengths    : int32 [B]        real tokens seen per row = RoPE position of the next token
     end        : int32 []         next slot to write; the same for every row
@@ -22,14 +23,14 @@ import jax.numpy as jnp
 
 from vlm3r_jax.sharding import constrain
 
-_KV_AXES = ("batch", "length", "act_heads", None)
+_KV_AXES = ("layers", "batch", "length", "act_heads", None)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
+    k: jax.Array
+    v: jax.Array
     mask: jax.Array
     lengths: jax.Array
     end: jax.Array
@@ -41,11 +42,11 @@ class KVCache:
         """An empty cache: zeros, no valid slots, ``end = 0``."""
 
         def buf() -> jax.Array:
-            return constrain(jnp.zeros((batch, max_len, num_kv_heads, head_dim), dtype), _KV_AXES)
+            return constrain(jnp.zeros((num_layers, batch, max_len, num_kv_heads, head_dim), dtype), _KV_AXES)
 
         return cls(
-            k=tuple(buf() for _ in range(num_layers)),
-            v=tuple(buf() for _ in range(num_layers)),
+            k=buf(),
+            v=buf(),
             mask=jnp.zeros((batch, max_len), bool),
             lengths=jnp.zeros((batch,), jnp.int32),
             end=jnp.zeros((), jnp.int32),
@@ -59,13 +60,17 @@ class KVCache:
     def batch(self) -> int:
         return self.mask.shape[0]
 
-    def advance(self, k: tuple[jax.Array, ...], v: tuple[jax.Array, ...], new_mask: jax.Array) -> KVCache:
+    @property
+    def num_layers(self) -> int:
+        return self.k.shape[0]
+
+    def advance(self, k: jax.Array, v: jax.Array, new_mask: jax.Array) -> KVCache:
         """Records that T new tokens (``new_mask`` bool [B, T]) were written at slot ``end`` into
-        the per-layer buffers ``k``/``v`` (already updated by the attention layers)."""
+        the buffers ``k``/``v`` [L, B, S, Nkv, H] (already updated by the layer scan)."""
         mask = jax.lax.dynamic_update_slice(self.mask, new_mask.astype(bool), (0, self.end))
         return KVCache(
-            k=tuple(constrain(x, _KV_AXES) for x in k),
-            v=tuple(constrain(x, _KV_AXES) for x in v),
+            k=constrain(k, _KV_AXES),
+            v=constrain(v, _KV_AXES),
             mask=mask,
             lengths=self.lengths + jnp.sum(new_mask.astype(jnp.int32), axis=1),
             end=self.end + new_mask.shape[1],

@@ -22,6 +22,8 @@ from flax import nnx
 
 from vlm3r_jax.layers import Embed, Linear, RMSNorm, dot_product_attention
 from vlm3r_jax.layers.attention import IMPLEMENTATIONS, resolve_implementation
+from vlm3r_jax.layers.remat import check_policy
+from vlm3r_jax.layers.scan import scan_layers, stack_modules
 from vlm3r_jax.models.kv_cache import KVCache
 from vlm3r_jax.sharding import constrain
 
@@ -51,6 +53,7 @@ class Qwen2Config:
     param_dtype: str = "float32"
     dtype: str = "float32"
     attention_impl: str = "auto"
+    remat: str = "none"  # per-layer rematerialization policy (vlm3r_jax/layers/remat.py)
 
     def __post_init__(self) -> None:
         if self.head_dim == 0:
@@ -64,6 +67,7 @@ class Qwen2Config:
             raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+        check_policy(self.remat)
         if self.attention_impl not in IMPLEMENTATIONS:
             raise ValueError(f"attention_impl {self.attention_impl!r} not in {IMPLEMENTATIONS}")
         for name in ("dtype", "param_dtype"):
@@ -212,7 +216,8 @@ class Qwen2Attention(nnx.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """x [B, T, D]; mask bool [B, 1, T, S] or None (= causal); padding: the causal case's
         ``segment_ids``/``q_lengths``/``kv_lengths`` for fused kernels; kv: this layer's cache
-        ([B, S, Nkv, H] each) written at slot ``start`` -> ([B, T, D], updated kv)."""
+        ([B, S, Nkv, H] each, read only) that the T new keys/values join at slot ``start``
+        -> ([B, T, D], the new (k, v) [B, T, Nkv, H] for the caller to write, or None)."""
         cfg = self.cfg
         b, t, _ = x.shape
         q = self.q(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
@@ -220,18 +225,18 @@ class Qwen2Attention(nnx.Module):
         v = self.v(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         q = constrain(apply_rope(q, cos, sin), ("batch", "length", "act_heads", None))
         k = apply_rope(k, cos, sin)
+        new = None
         if kv is not None:
             ck, cv = kv
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, start, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, start, 0, 0))
-            kv = (ck, cv)
-            k, v = ck.astype(q.dtype), cv.astype(q.dtype)
+            new = (k.astype(ck.dtype), v.astype(cv.dtype))
+            k = jax.lax.dynamic_update_slice(ck, new[0], (0, start, 0, 0)).astype(q.dtype)
+            v = jax.lax.dynamic_update_slice(cv, new[1], (0, start, 0, 0)).astype(q.dtype)
         out = dot_product_attention(
             q, k, v, mask=mask, is_causal=mask is None, scale=cfg.head_dim**-0.5, implementation=implementation,
             **(padding or {}),
         )
         out = constrain(out, ("batch", "length", "act_heads", None))
-        return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), kv
+        return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), new
 
 
 class Qwen2MLP(nnx.Module):
@@ -272,7 +277,8 @@ def positions_from_mask(mask: jax.Array, offset: jax.Array | int = 0) -> jax.Arr
 
 
 class Qwen2(nnx.Module):
-    """Qwen2 causal LM. Parameter paths (used by :mod:`vlm3r_jax.convert.hf_qwen2`):
+    """Qwen2 causal LM. The decoder layers are one stack (:mod:`vlm3r_jax.layers.scan`) whose
+    variables are ``[L, ...]``; per-layer names (used by :mod:`vlm3r_jax.convert.hf_qwen2`):
     ``embed.embedding``, ``layers.{i}.{input_norm,post_norm}.scale``,
     ``layers.{i}.attn.{q,k,v,o}.{kernel,bias}``, ``layers.{i}.mlp.{gate,up,down}.kernel``,
     ``norm.scale``, ``lm_head.kernel`` (absent when tied)."""
@@ -281,7 +287,7 @@ class Qwen2(nnx.Module):
         self.cfg = cfg
         pdt = jnp.dtype(cfg.param_dtype)
         self.embed = Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=pdt, rngs=rngs)
-        self.layers = nnx.List([Qwen2Layer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = stack_modules([Qwen2Layer(cfg, rngs=rngs) for _ in range(cfg.num_layers)], "layers")
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
         self.lm_head = (
             None
@@ -369,16 +375,23 @@ class Qwen2(nnx.Module):
             if impl in ("cudnn", "splash"):
                 impl = "xla"  # the fused kernels reject arbitrary masks / single-query steps
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = layer(x, cos, sin, mask, kv, start, impl, padding)
-            if kv is not None:
-                new_k.append(kv[0])
-                new_v.append(kv[1])
+        idx = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+
+        def body(layer: Qwen2Layer, carry: tuple, i: jax.Array) -> tuple[tuple, None]:
+            x, ck, cv = carry
+            kv = None if cache is None else (ck[i], cv[i])
+            x, new = layer(x, cos, sin, mask, kv, start, impl, padding)
+            if new is not None:
+                # only the T new slots of layer i are written, so the buffer updates in place
+                ck = jax.lax.dynamic_update_slice(ck, new[0][None], (i, 0, start, 0, 0))
+                cv = jax.lax.dynamic_update_slice(cv, new[1][None], (i, 0, start, 0, 0))
+            return (x, ck, cv), None
+
+        buffers = (None, None) if cache is None else (cache.k, cache.v)
+        (x, ck, cv), _ = scan_layers(self.layers, body, (x, *buffers), idx, policy=cfg.remat)
         x = self.norm(x)
         if cache is not None:
-            cache = cache.advance(tuple(new_k), tuple(new_v), tok_mask)
+            cache = cache.advance(ck, cv, tok_mask)
         return x, cache
 
     def __call__(

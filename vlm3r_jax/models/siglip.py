@@ -30,6 +30,8 @@ from flax import nnx
 
 from vlm3r_jax.layers import LayerNorm, Linear, dot_product_attention
 from vlm3r_jax.layers.activations import HF_ACTIVATIONS
+from vlm3r_jax.layers.remat import check_policy
+from vlm3r_jax.layers.scan import scan_layers, stack_modules
 from vlm3r_jax.models.interpolate import interpolate_bicubic
 from vlm3r_jax.sharding import constrain
 
@@ -66,8 +68,10 @@ class SiglipVisionConfig:
     use_post_layernorm: bool = True
     use_head: bool = True
     attention_impl: str = "auto"
+    remat: str = "none"  # per-layer rematerialization policy (vlm3r_jax/layers/remat.py)
 
     def __post_init__(self):
+        check_policy(self.remat)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"SiglipVisionConfig: hidden_size {self.hidden_size} is not divisible by "
@@ -138,7 +142,7 @@ class SiglipVisionConfig:
                 "(model_type 'siglip' or 'siglip_vision_model')"
             )
         names = {f.name for f in dataclasses.fields(cls)}
-        hf_fields = names - {"num_layers_used", "use_post_layernorm", "use_head", "attention_impl"}
+        hf_fields = names - {"num_layers_used", "use_post_layernorm", "use_head", "attention_impl", "remat"}
         # Keys absent from config.json mean transformers' defaults (it saves diffs against them),
         # which are SigLIP-base values, not the so400m defaults of this dataclass.
         kw: dict[str, Any] = {k: d.get(k, HF_VISION_DEFAULTS[k]) for k in hf_fields}
@@ -286,7 +290,9 @@ class SiglipVisionModel(nnx.Module):
             logical_axes=("positions", "embed"),
         )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.List([SiglipEncoderLayer(cfg, **kw) for _ in range(cfg.layers)])
+        # one scanned stack (vlm3r_jax/layers/scan.py); None when no layer is used
+        self.layers = (stack_modules([SiglipEncoderLayer(cfg, **kw) for _ in range(cfg.layers)], "layers")
+                       if cfg.layers else None)
         self.post_layernorm = (
             LayerNorm(d, eps=cfg.layer_norm_eps, param_dtype=param_dtype) if cfg.use_post_layernorm else None
         )
@@ -349,12 +355,9 @@ class SiglipVisionModel(nnx.Module):
           embeddings, [i] the output of layer i (HF ``output_hidden_states`` layout).
         * ``pooler_output`` [B, D] when ``use_head``.
         """
-        x = self.embed(pixel_values, interpolate_pos_encoding)
-        states = [x] if output_hidden_states else None
-        for layer in self.layers:
-            x = layer(x)
-            if states is not None:
-                states.append(x)
+        emb = self.embed(pixel_values, interpolate_pos_encoding)
+        x, ys = self.encode(emb, keep=output_hidden_states)
+        states = (emb, *ys) if output_hidden_states else None
         if self.post_layernorm is not None:
             x = self.post_layernorm(x)
         out: dict[str, Any] = {"last_hidden_state": x}
@@ -366,7 +369,18 @@ class SiglipVisionModel(nnx.Module):
 
     def features(self, pixel_values: jax.Array, interpolate_pos_encoding: bool | None = None) -> jax.Array:
         """[B, H, W, C] -> [B, P, D]: ``last_hidden_state`` without running the head."""
-        x = self.embed(pixel_values, interpolate_pos_encoding)
-        for layer in self.layers:
-            x = layer(x)
+        x, _ = self.encode(self.embed(pixel_values, interpolate_pos_encoding))
         return self.post_layernorm(x) if self.post_layernorm is not None else x
+
+    def encode(self, x: jax.Array, keep: bool = False) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """x [B, P, D] through the scanned layers -> (output [B, P, D], each layer's output
+        [B, P, D] when ``keep``, else ())."""
+        if self.layers is None:
+            return x, ()
+
+        def body(layer: SiglipEncoderLayer, h: jax.Array, _: None) -> tuple[jax.Array, jax.Array | None]:
+            h = layer(h)
+            return h, (h if keep else None)
+
+        x, ys = scan_layers(self.layers, body, x, policy=self.cfg.remat)
+        return x, (tuple(ys[i] for i in range(self.cfg.layers)) if keep else ())

@@ -57,7 +57,8 @@ def spatial_parts(select: str) -> tuple[str, ...]:
 _WITH_CAMERA = ("camera", "patch")  # the selection that keeps the camera token first, then the patches
 
 # The paper trains LoRA on every Linear of the LLM (q, k, v, o, gate, up, down).
-LLM_LORA_TARGETS = (r"llm\.layers\.\d+\.(attn\.(q|k|v|o)|mlp\.(gate|up|down))",)
+# the LLM's layers are one stack (vlm3r_jax/layers/scan.py): its module paths carry no layer index
+LLM_LORA_TARGETS = (r"llm\.layers\.(attn\.(q|k|v|o)|mlp\.(gate|up|down))",)
 # ... plus the fusion block and the projector in full; everything else stays frozen.
 DEFAULT_TRAINABLE = (r"fusion_block\..*", r"mm_projector\.linears\..*")
 

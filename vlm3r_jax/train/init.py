@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlm3r_jax.layers.scan import is_stacked
+
 # what starts from scratch in the demo; SigLIP keeps its own init (HF's SigLIP init is not N(0, 0.02))
 FROM_SCRATCH_MODULES = ("llm", "mm_projector", "fusion_block")
 
@@ -25,7 +27,7 @@ FROM_SCRATCH_MODULES = ("llm", "mm_projector", "fusion_block")
 def reinit_normal(model: nnx.Module, std: float, prefixes: Sequence[str], seed: int = 0) -> list[str]:
     """Redraw, in place, every 2-D ``kernel`` / ``embedding`` parameter under one of the top-level
     attributes ``prefixes`` from N(0, ``std``); biases and norm scales keep their values.
-    Returns the dotted paths redrawn (for logs and tests)."""
+    Returns the dotted paths redrawn (for logs and tests; a layer stack is one path)."""
     if std <= 0:
         raise ValueError(f"initializer std must be > 0, got {std}")
     params = [(tuple(str(p) for p in path), node) for path, node in nnx.iter_graph(model)
@@ -33,7 +35,8 @@ def reinit_normal(model: nnx.Module, std: float, prefixes: Sequence[str], seed: 
     done = []
     for i, (names, var) in enumerate(sorted(params, key=lambda kv: kv[0])):
         value = var.get_value()
-        if names[0] not in prefixes or names[-1] not in ("kernel", "embedding") or value.ndim != 2:
+        stacked = is_stacked(var)  # a layer stack's [L, in, out] kernel is L 2-D kernels
+        if names[0] not in prefixes or names[-1] not in ("kernel", "embedding") or value.ndim - stacked != 2:
             continue
         # host draws: one eager jax.random call per shape would compile once per shape
         draw = std * np.random.default_rng([seed, i]).standard_normal(value.shape, dtype=np.float32)

@@ -3,6 +3,7 @@ with :func:`vlm3r_jax.train.loop.train`, export the result in our checkpoint for
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -32,8 +33,6 @@ from vlm3r_jax.train.step import next_token_xent
 
 def _fields(section: Any, cls: type, where: str) -> dict:
     d = dict(section) if section is not None else {}
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(cls)}
     bad = sorted(set(d) - names)
     if bad:
@@ -63,6 +62,15 @@ def vlm3r_config(m: ml_collections.ConfigDict, tokenizer: QwenTokenizer, dtype: 
                        model_max_length=m.model_max_length, lora=lora)
 
 
+def with_remat(vcfg: VLM3RConfig, model: VLM3R, m: ml_collections.ConfigDict) -> VLM3RConfig:
+    """A loaded checkpoint carries its architecture, not how to train it: the run config's
+    ``model.llm.remat`` / ``model.vision.remat`` (per-layer rematerialization) go onto the model."""
+    llm = vcfg.llm.replace(remat=m.llm.get("remat", vcfg.llm.remat))
+    vision = dataclasses.replace(vcfg.vision, remat=m.vision.get("remat", vcfg.vision.remat))
+    model.llm.cfg, model.vision_tower.cfg = llm, vision
+    return dataclasses.replace(vcfg, llm=llm, vision=vision)
+
+
 def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, QwenTokenizer]:
     """A fresh model (``model.init=random``), our checkpoint dir, or a released checkpoint."""
     m = cfg.model
@@ -71,11 +79,11 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, Qwe
 
         vcfg, model, info = load_release(m.release_lora or None, m.release_base, m.release_geometry or None,
                                          keep_lora=bool(m.lora.get("enabled", False)))
-        return vcfg, model, QwenTokenizer.from_dir(info["tokenizer_dir"])
+        return with_remat(vcfg, model, m), model, QwenTokenizer.from_dir(info["tokenizer_dir"])
     if init != "random":
         init = resolve(init, VLM3R_FILES, what="model.init")
         vcfg, model = vlm3r_ours.load_ours(init)
-        return vcfg, model, QwenTokenizer.from_dir(init)
+        return with_remat(vcfg, model, m), model, QwenTokenizer.from_dir(init)
     tok_dir = cfg.data.tokenizer_dir
     if not tok_dir:
         raise ValueError("model.init=random needs config.data.tokenizer_dir (a dir with tokenizer.json)")

@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from vlm3r_jax.layers.remat import REMAT_POLICIES
+
 INF = math.inf
 
 
@@ -65,9 +67,12 @@ class Cut3rConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention_impl: str = "auto"
+    remat: str = "none"  # per-layer rematerialization of the encoder/decoder scans (layers/remat.py)
 
     def __post_init__(self) -> None:
         problems = []
+        if self.remat not in REMAT_POLICIES:
+            problems.append(f"remat={self.remat!r} (choose one of {', '.join(REMAT_POLICIES)})")
         if not self.pos_embed.startswith("RoPE"):
             problems.append(f"pos_embed={self.pos_embed!r} (only 'RoPE<base>' is supported)")
         if self.head_type != "dpt" or self.output_mode != "pts3d+pose":

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlm3r_jax.layers import LayerNorm, Linear
+from vlm3r_jax.layers.scan import scan_layers, stack_modules
 from vlm3r_jax.models.cut3r.blocks import DecoderBlock, RopeSpec
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 
@@ -21,8 +22,8 @@ class Cut3rDecoder(nnx.Module):
         self.decoder_embed = Linear(ed, dd, axes=("embed", "mlp"), param_dtype=pd, rngs=rngs)
         self.decoder_embed_state = Linear(ed, dd, axes=("embed", "mlp"), param_dtype=pd, rngs=rngs)
 
-        def blocks(heads: int) -> nnx.List:
-            return nnx.List(
+        def blocks(heads: int, name: str) -> nnx.Module:
+            return stack_modules(
                 [
                     DecoderBlock(
                         dd,
@@ -36,11 +37,13 @@ class Cut3rDecoder(nnx.Module):
                         norm_mem=cfg.norm_im2_in_dec,
                     )
                     for _ in range(cfg.dec_depth)
-                ]
+                ],
+                name,
             )
 
-        self.dec_blocks = blocks(cfg.dec_num_heads)
-        self.dec_blocks_state = blocks(cfg.state_dec_num_heads)
+        # two stacks scanned together: layer l of both streams reads the outputs of layer l-1
+        self.dec_blocks = blocks(cfg.dec_num_heads, "dec_blocks")
+        self.dec_blocks_state = blocks(cfg.state_dec_num_heads, "dec_blocks_state")
         self.dec_norm = LayerNorm(dd, eps=cfg.norm_eps, param_dtype=pd)
         self.dec_norm_state = LayerNorm(dd, eps=cfg.norm_eps, param_dtype=pd)
 
@@ -63,11 +66,16 @@ class Cut3rDecoder(nnx.Module):
         pos_img = jnp.concatenate([jnp.full((1, 2), -1, img_pos.dtype), img_pos], axis=0)[None]
         spos = state_pos[None]
         f_state = state.astype(f_img.dtype)
-        outs = []
-        for blk_state, blk_img in zip(self.dec_blocks_state, self.dec_blocks):
+
+        def body(blocks: tuple, carry: tuple, _: None) -> tuple[tuple, jax.Array]:
+            blk_state, blk_img = blocks
+            f_state, f_img = carry
             new_state = blk_state(f_state, f_img, spos, pos_img)
             f_img = blk_img(f_img, f_state, pos_img, spos)
-            f_state = new_state
-            outs.append(f_img)
+            return (new_state, f_img), f_img
+
+        (f_state, _), ys = scan_layers((self.dec_blocks_state, self.dec_blocks), body, (f_state, f_img),
+                                       policy=self.cfg.remat)
+        outs = [ys[i] for i in range(ys.shape[0])]
         outs[-1] = self.dec_norm(outs[-1])
         return self.dec_norm_state(f_state), outs

@@ -10,6 +10,7 @@ from einops import rearrange
 from flax import nnx
 
 from vlm3r_jax.layers import LayerNorm
+from vlm3r_jax.layers.scan import scan_layers, stack_modules
 from vlm3r_jax.models.cut3r.blocks import EncoderBlock, RopeSpec
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 from vlm3r_jax.models.cut3r.rope2d import patch_positions
@@ -48,7 +49,7 @@ class Cut3rEncoder(nnx.Module):
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.patch_size, 3, cfg.enc_embed_dim, param_dtype=pd, rngs=rngs)
         rope = RopeSpec(cfg.rope_base, cfg.rope_f0, cfg.rope_fp16_rounding)
-        self.enc_blocks = nnx.List(
+        self.enc_blocks = stack_modules(
             [
                 EncoderBlock(
                     cfg.enc_embed_dim,
@@ -61,7 +62,8 @@ class Cut3rEncoder(nnx.Module):
                     rngs=rngs,
                 )
                 for _ in range(cfg.enc_depth)
-            ]
+            ],
+            "enc_blocks",
         )
         self.enc_norm = LayerNorm(cfg.enc_embed_dim, eps=cfg.norm_eps, param_dtype=pd)
 
@@ -70,6 +72,6 @@ class Cut3rEncoder(nnx.Module):
         p = self.cfg.patch_size
         x = self.patch_embed(images.astype(jnp.dtype(self.cfg.dtype)))
         pos = patch_positions(images.shape[1] // p, images.shape[2] // p)
-        for blk in self.enc_blocks:
-            x = blk(x, pos[None])
+        x, _ = scan_layers(self.enc_blocks, lambda blk, h, _: (blk(h, pos[None]), None), x,
+                           policy=self.cfg.remat)
         return self.enc_norm(x), pos

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlm3r_jax.layers import Linear
+from vlm3r_jax.layers.scan import scan_layers, stack_modules
 from vlm3r_jax.models.cut3r.blocks import DecoderBlock
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
 
@@ -25,8 +26,8 @@ class PoseRetriever(nnx.Module):
             logical_axes=(None, "positions", "embed"),
         )
 
-        def blocks() -> nnx.List:
-            return nnx.List(
+        def blocks(name: str) -> nnx.Module:
+            return stack_modules(
                 [
                     DecoderBlock(
                         2 * dd,
@@ -39,11 +40,13 @@ class PoseRetriever(nnx.Module):
                         rngs=rngs,
                     )
                     for _ in range(cfg.local_mem_depth)
-                ]
+                ],
+                name,
             )
 
-        self.write_blocks = blocks()
-        self.read_blocks = blocks()
+        self.write_blocks = blocks("write_blocks")
+        self.read_blocks = blocks("read_blocks")
+        self.remat = cfg.remat
 
     def init_mem(self, batch: int, dtype: jnp.dtype) -> jax.Array:
         """[B, M, 2 * Dd] initial memory (the learned ``mem`` parameter)."""
@@ -55,13 +58,11 @@ class PoseRetriever(nnx.Module):
         x = self.proj_q(query)
         tok = jnp.broadcast_to(self.masked_token[...].astype(x.dtype), x.shape)
         x = jnp.concatenate([x, tok], axis=-1)
-        for blk in self.read_blocks:
-            x = blk(x, mem)
+        x, _ = scan_layers(self.read_blocks, lambda blk, h, _: (blk(h, mem), None), x, policy=self.remat)
         return x[..., -self.v_dim :]
 
     def update_mem(self, mem: jax.Array, feat_k: jax.Array, feat_v: jax.Array) -> jax.Array:
         """mem: [B, M, 2Dd], feat_k: [B, 1, De], feat_v: [B, 1, Dd] -> new mem [B, M, 2Dd]."""
         feat = jnp.concatenate([self.proj_q(feat_k), feat_v.astype(mem.dtype)], axis=-1)
-        for blk in self.write_blocks:
-            mem = blk(mem, feat)
+        mem, _ = scan_layers(self.write_blocks, lambda blk, m, _: (blk(m, feat), None), mem, policy=self.remat)
         return mem
