@@ -29,6 +29,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from bench.qwen2_vs_transformers import timed as _timed  # noqa: E402  (median after one warm-up call)
+
 # dense bf16 peak TFLOP/s and HBM TB/s per device, by device_kind prefix (vendor data sheets)
 PEAK_TFLOPS = {"NVIDIA H100": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100": 312.0, "NVIDIA L4": 121.0,
                "TPU v5p": 459.0, "TPU v6": 918.0, "TPU v5 lite": 197.0, "TPU v4": 275.0}
@@ -38,17 +40,6 @@ HBM_TBPS = {"NVIDIA H100": 3.35, "NVIDIA H200": 4.8, "NVIDIA A100": 2.0, "NVIDIA
 
 def _lookup(table: dict[str, float], kind: str) -> float | None:
     return next((v for k, v in table.items() if kind.startswith(k)), None)
-
-
-def _time(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` (which blocks) after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def _init(factory, smoke: bool):
@@ -123,7 +114,7 @@ def train_section(smoke: bool, steps: int, trace_dir: str) -> dict:
             box[0], m = compiled(box[0], frozen, batch)
             float(m["loss"])
 
-        step_s = _time(one, steps)
+        step_s = _timed(one, steps)
         with jax.profiler.trace(trace_dir):
             one()
             one()
@@ -171,7 +162,7 @@ def decode_section(smoke: bool, new_tokens: int) -> dict:
 
     ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, prompt)), jnp.int32)
     tok, cache = prefill(state, ids)
-    step_s = _time(lambda: jax.block_until_ready(decode(state, tok, cache)), 2) / new_tokens
+    step_s = _timed(lambda: jax.block_until_ready(decode(state, tok, cache)), 2) / new_tokens
     weights = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
     kv = 2 * cfg.num_layers * max_len * cfg.num_kv_heads * cfg.head_dim * 2  # bf16 K and V read per token
     kind = jax.devices()[0].device_kind
@@ -204,7 +195,7 @@ def towers_section(smoke: bool, frames: int) -> dict:
         graphdef, state = _init(build, smoke)
         fwd = jax.jit(lambda s, x, g=graphdef, c=call: c(nnx.merge(g, s), x))
         x = jnp.asarray(rng.uniform(-1, 1, shape), jnp.dtype(dt))
-        sec = _time(lambda f=fwd, s=state, x=x: jax.block_until_ready(f(s, x)), 2)
+        sec = _timed(lambda f=fwd, s=state, x=x: jax.block_until_ready(f(s, x)), 2)
         out[f"{name}_frames_per_s"] = round(frames / sec, 2)
     return out
 

@@ -73,3 +73,19 @@ def test_accelerator_benchmark_smoke(tmp_path):
     assert res["towers"]["siglip_frames_per_s"] > 0 and res["towers"]["cut3r_frames_per_s"] > 0
     assert os.listdir(tmp_path / "trace")  # the jax.profiler trace
     assert "| smoke (tiny shapes) |" in results.read_text()
+
+
+@pytest.mark.slow  # 127 s compile (37 s CPU) on the shared 2-core host, 2026-12-07
+def test_tiny_vlm3r_step_compiles_for_a_tpu_topology(tmp_path):
+    if aot.libtpu_path() is None:
+        pytest.skip("libtpu not installed (pip install 'libtpu==0.0.42.*' or set TPU_LIBRARY_PATH)")
+    out = tmp_path / "v5e4.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "launch.aot_compile", "--config", "configs/vlm3r_tiny_aot.py",
+                        "--topology", "v5e-4", "--json_out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert rep["builder"] == "vlm3r" and rep["num_devices"] == 4 and rep["fits"] is True
+    assert rep["attention"] in ("xla", "splash") and 0 < rep["hbm_fraction"] < 0.05
