@@ -87,3 +87,19 @@ def test_golden_release_loads_frozen_bf16_trainable_f32(golden_dir):
         assert dt == (jnp.float32 if _trains(path, var) else jnp.bfloat16), (path, dt)
         ref_val = np.asarray(want[path][0].get_value()).astype(dt)
         np.testing.assert_array_equal(np.asarray(var.get_value()), ref_val, err_msg=path)
+
+
+def test_our_checkpoint_loads_frozen_bf16_trainable_f32(tmp_path):
+    from tests import _vlm3r_helpers as H
+    from vlm3r_jax.convert.vlm3r_ours import load_ours, save_ours
+    from vlm3r_jax.models.host_init import host_init
+    from vlm3r_jax.models.vlm3r import VLM3R
+
+    tok = H.tokenizer(str(tmp_path))
+    vcfg = vlm3r_config(H.small_model_config(), tok)
+    save_ours(str(tmp_path / "m"), vcfg, host_init(lambda: VLM3R(vcfg, rngs=nnx.Rngs(0))), tok, num_frames=2)
+    _, model = load_ours(str(tmp_path / "m"), param_dtypes=param_dtypes(vlm3r_7b.get_config()))
+    got = _dtypes(nnx.state(model))
+    assert any(dt == jnp.float32 for _, dt in got.values()) and any(dt == jnp.bfloat16 for _, dt in got.values())
+    for path, (var, dt) in got.items():
+        assert dt == (jnp.float32 if _trains(path, var) else jnp.bfloat16), (path, dt)

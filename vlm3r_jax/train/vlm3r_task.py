@@ -89,7 +89,7 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, Qwe
         return vcfg, model, QwenTokenizer.from_dir(info["tokenizer_dir"])
     if init != "random":
 
-        vcfg, model = vlm3r_ours.load_ours(init)
+        vcfg, model = vlm3r_ours.load_ours(init, param_dtypes=param_dtypes(cfg))
         return vcfg, model, QwenTokenizer.from_dir(init)
     tok_dir = cfg.data.tokenizer_dir
     if not tok_dir:
