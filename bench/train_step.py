@@ -12,9 +12,10 @@ result is ready). FLOPs per step come from XLA's cost analysis of the compiled s
 model: SigLIP, CUT3R forward, fusion, projector, LLM forward + backward); the usual 6*N*tokens LLM
 estimate is printed next to it.
 
---gpu7b: the released shapes (configs/vlm3r_7b.py: Qwen2-7B + SigLIP so400m + CUT3R 512) in bf16
-with the paper's trainable set (LoRA r=128 + fusion + projector), one synthetic video + prompt per
-device, against the card's dense bf16 peak (table below, or --peak-tflops).
+--gpu7b: the released shapes (configs/vlm3r_7b.py: Qwen2-7B + SigLIP so400m + fusion + projector,
+CUT3R tokens from the offline cache) in bf16 with the paper's trainable set (LoRA r=128 + fusion +
+projector), one synthetic row per local device sharded over all of them, against the card's dense
+bf16 peak (bench/accelerator.py's table); the same step ``bash bench/accelerator.sh`` times.
 """
 
 from __future__ import annotations
@@ -33,10 +34,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-
-# dense bf16 peak (TFLOP/s) by device_kind prefix, for --gpu7b without --peak-tflops
-GPU_BF16_PEAK_TFLOPS = {"NVIDIA H100": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100": 312.0, "NVIDIA L4": 121.0,
-                        "TPU v5p": 459.0, "TPU v6": 918.0, "TPU v5 lite": 197.0, "TPU v4": 275.0}
 
 # ~100M parameters, VLM-3R-shaped (configs/vlm3r_tiny.py structure, wider): LLM 8 x 768 with a
 # 32000-token vocabulary (~98M), SigLIP 4 x 384 at 128 px, CUT3R 256/128, 4 frames.
@@ -203,96 +200,14 @@ def cpu_benchmark(args) -> dict:
 
 
 def gpu7b_benchmark(args) -> dict:
-    """7B-shaped VLM-3R, bf16, paper's LoRA trainable set, synthetic batch (no data pipeline)."""
-    from configs import vlm3r_7b
-    from vlm3r_jax.models.lora import LoRAConfig
-    from vlm3r_jax.models.vlm3r import DEFAULT_TRAINABLE, LLM_LORA_TARGETS, VLM3R
-    from vlm3r_jax.train import vlm3r_task
-    from vlm3r_jax.train.optimizer import make_optimizer
-    from vlm3r_jax.train.state import TrainState
-    from vlm3r_jax.train.step import make_train_step
-    from vlm3r_jax.train.trainable import split_trainable
-    from vlm3r_jax.train.vlm3r_task import vlm3r_loss
+    """The released shapes (configs/vlm3r_7b.py) in bf16 with the paper's trainable set, one
+    synthetic row per local device sharded over all of them: the train section of
+    bench/accelerator.py (``--tiny``: its CPU smoke shapes). MFU by vlm3r_jax/train/flops.py."""
+    from bench import accelerator
 
-    class _Tok:  # vlm3r_config only needs the vocabulary size and the stop ids
-        im_end_id, eos_id = 151645, 151643
-
-        def __len__(self):
-            return 152064
-
-    m = vlm3r_7b.model_config()
-    frames = args.frames or 32
-    if args.tiny:  # the same code path with tiny shapes (CPU smoke test of this function)
-        for k, v in MODEL_TINY.items():
-            if k in ("llm", "vision", "geometry"):
-                m[k].update(v)
-        m.vision.num_layers_used = None
-        m.geometry_image_size = MODEL_TINY["geometry_image_size"]
-        m.fusion.num_heads = MODEL_TINY["fusion_heads"]
-        m.lora.rank = 4
-        frames = args.frames or 2
-    vcfg = vlm3r_task.vlm3r_config(m, _Tok(), dtype="bfloat16")
-    vcfg = vcfg.replace(llm=dataclasses.replace(vcfg.llm, param_dtype="bfloat16"),
-                        lora=LoRAConfig(rank=m.lora.rank, alpha=m.lora.alpha, dropout=m.lora.dropout,
-                                        targets=LLM_LORA_TARGETS))
-    if args.tiny:
-        vcfg = vcfg.replace(llm=dataclasses.replace(vcfg.llm, vocab_size=512))
-    batch = args.batch or jax.device_count()
-    t = time.perf_counter()
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: VLM3R(vcfg, rngs=nnx.Rngs(params=0, dropout=1))))
-    state = jax.jit(lambda: nnx.split(VLM3R(vcfg, rngs=nnx.Rngs(params=0, dropout=1)))[1])()
-    model = nnx.merge(graphdef, state)
-    model.train()
-    init_s = time.perf_counter() - t
-    graphdef, params, frozen = split_trainable(model, list(DEFAULT_TRAINABLE), include_lora=True)
-    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)  # fp32 master weights
-    n_train = sum(x.size for x in jax.tree_util.tree_leaves(params))
-    n_total = n_train + sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(frozen, nnx.Param)))
-    cfg_optim = vlm3r_7b.get_config().optim
-    tx, _ = make_optimizer(cfg_optim, args.steps + 1)
-    tstate = TrainState.create(params, tx)
-    text = args.text_tokens
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 1000, (batch, text)).astype(np.int32)
-    ids[:, 5] = vcfg.video_token_id
-    labels = np.full_like(ids, -100)
-    labels[:, -8:] = ids[:, -8:]
-    size = vcfg.vision.image_size
-    b = {"input_ids": ids[None], "labels": labels[None], "attention_mask": np.ones_like(ids)[None],
-         "frames": rng.uniform(-1, 1, (1, batch, frames, size, size, 3)).astype(np.float32)}
-    b = jax.tree_util.tree_map(jnp.asarray, b)
-    t = time.perf_counter()
-    compiled = jax.jit(make_train_step(graphdef, tx, vlm3r_loss), donate_argnums=0).lower(tstate, frozen, b).compile()
-    compile_s = time.perf_counter() - t
-    flops = step_flops(compiled)
-    tstate, mt = compiled(tstate, frozen, b)
-    float(mt["loss"])
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        tstate, mt = compiled(tstate, frozen, b)
-        float(mt["loss"])
-        times.append(time.perf_counter() - t)
-    kind = jax.devices()[0].device_kind
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
-        (v * 1e12 for k, v in GPU_BF16_PEAK_TFLOPS.items() if kind.startswith(k)), None)
-    step_s = float(np.median(times))
-    tokens = batch * (text - 1 + vcfg.num_video_tokens(frames))
-    c = vcfg.llm
-    llm_params = c.num_layers * (2 * c.hidden_size * c.num_heads * c.head_dim + 2 * c.hidden_size * c.num_kv_heads
-                                 * c.head_dim + 3 * c.hidden_size * c.intermediate_size) + c.hidden_size * c.vocab_size
-    # LoRA: frozen base still needs forward + activation gradients (4N), not weight gradients
-    flops_4n = 4.0 * llm_params * tokens
-    out = {"device": kind, "devices": jax.device_count(), "preset": "7b-tiny-shapes" if args.tiny else "7b",
-           "params_total": int(n_total), "params_trainable": int(n_train), "batch": batch, "frames": frames,
-           "tokens_per_step": int(tokens), "init_s": round(init_s, 1), "compile_s": round(compile_s, 1),
-           "step_s": round(step_s, 4), "step_tflop_xla": None if flops is None else round(flops / 1e12, 3),
-           "step_tflop_4n_llm": round(flops_4n / 1e12, 3), "peak_tflops": None if peak is None else peak / 1e12}
-    if peak:
-        tot = flops if flops is not None else flops_4n
-        out["mfu"] = round(tot / jax.device_count() / step_s / peak, 4)
-        out["mfu_4n_llm"] = round(flops_4n / jax.device_count() / step_s / peak, 4)
-    return out
+    res = accelerator.train_section(args.tiny, args.steps, os.path.join(args.workdir or tempfile.mkdtemp(), "trace"))
+    return {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+            "preset": "7b-tiny-shapes" if args.tiny else "7b", **res}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="Grain worker processes (CPU run)")
     ap.add_argument("--matmul-size", type=int, default=2048)
-    ap.add_argument("--text-tokens", type=int, default=128, help="prompt length of the --gpu7b synthetic batch")
-    ap.add_argument("--peak-tflops", type=float, default=0.0, help="--gpu7b: the card's dense bf16 peak")
     ap.add_argument("--workdir", default="", help="dataset/tokenizer cache (default: a temp dir)")
     ap.add_argument("--json", default="", help="also write the result here")
     args = ap.parse_args(argv)

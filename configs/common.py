@@ -21,8 +21,12 @@ def mesh_config() -> ml_collections.ConfigDict:
 
 
 def dtype_config(accelerator: bool = False) -> ml_collections.ConfigDict:
-    """Params in float32 (master weights); compute in bfloat16 on accelerators, float32 on CPU."""
+    """The one dtype policy (vlm3r_jax/models/dtype_policy.py): trainable weights (LoRA, fusion,
+    projector) and their Adam state in ``param_dtype`` float32; frozen weights stored and every
+    tower computing in bfloat16 on accelerators, float32 on CPU. Norms, softmax, logits and the
+    loss are float32 whatever these say."""
     c = ml_collections.ConfigDict()
     c.param_dtype = "float32"
+    c.frozen_dtype = "bfloat16" if accelerator else "float32"
     c.compute_dtype = "bfloat16" if accelerator else "float32"
     return c

@@ -62,6 +62,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.grad_accum_steps = 16
     c.train.trainable = (r"fusion_block\..*", r"mm_projector\.linears\..*")
     c.train.save_every = 500
+    c.train.max_label_tokens = 512  # the loss gathers this many answer positions per row (no [B, L, vocab])
+    c.train.remat = "full"  # a layers/remat.py policy; applied once the layer scans land
     c.optim.lr = 2e-5
     c.optim.warmup_ratio = 0.03
+    # ahead-of-time compile (python -m launch.aot_compile --config configs/vlm3r_7b.py --topology v6e-8):
+    # abstract weights, Qwen2-7B's 152064 embedding rows, 32 x 210 video tokens + 449 text tokens per row,
+    # CUT3R tokens from the offline cache as the released recipe trains (geometry="online" runs CUT3R)
+    c.model.builder = "vlm3r"
+    c.aot = ml_collections.ConfigDict(dict(vocab_size=152064, seq_len=7168, geometry="cache"))
     return c

@@ -6,6 +6,13 @@ per-device memory, without the hardware:
         --config.data.seq_len=2048 --json_out /tmp/v6e16.json
     python -m launch.aot_compile --config configs/qwen2_tiny_lora_aot.py --topology cpu
     python -m launch.aot_compile --config configs/qwen2_7b_lora_aot.py --topology v5e-16 --num_slices 2
+    python -m launch.aot_compile --config configs/vlm3r_7b.py --topology v6e-8 --json_out r.json --dump_hlo h.txt
+
+The last compiles the whole VLM-3R train step of the released recipe (``model.builder=vlm3r``,
+vlm3r_jax/train/aot_vlm3r.py): SigLIP, fusion, projector and the LoRA LLM at 32 frames x 210
+tokens + text (``aot.seq_len``), CUT3R tokens from the offline cache (``--config.aot.geometry=online``
+compiles CUT3R too). Bad input (unknown topology, remat policy or builder, a mesh that does not
+divide the devices): one line naming the valid choices, exit 2.
 
 TPU topologies need ``libtpu`` (``pip install 'libtpu==0.0.42.*'`` for jax 0.10.2); it runs on a
 CPU-only machine. ``--topology cpu`` compiles for ``jax.devices()`` (use
@@ -46,7 +53,8 @@ def main(argv: list[str]) -> int:
         print(f"aot_compile: DOES NOT FIT: {e}", file=sys.stderr)
         if _JSON.value:
             with open(_JSON.value, "w", encoding="utf-8") as f:
-                json.dump({"topology": _TOPOLOGY.value, "fits": False, "error": str(e)}, f, indent=1)
+                json.dump({**e.extras, "topology": _TOPOLOGY.value, "fits": False, "compile_s": e.compile_s,
+                           "error": str(e)}, f, indent=1)
         return 0 if _ALLOW_OOM.value else 1
     except (ValueError, RuntimeError) as e:
         print(f"aot_compile: {e}", file=sys.stderr)

@@ -129,7 +129,6 @@ def test_a_preempted_run_is_not_exported(monkeypatch, tmp_path):
 
     monkeypatch.setattr(vlm3r_task, "build_model", lambda cfg: (None, None, None))
     monkeypatch.setattr(vlm3r_task, "train_iterator", lambda cfg, vcfg, tok: _Iter())
-    monkeypatch.setattr(vlm3r_task, "flops_per_token", lambda vcfg: 1.0)
     monkeypatch.setattr(loop, "train", lambda *a, **k: SimpleNamespace(preempted=True, last_step=2))
     monkeypatch.setattr(vlm3r_ours, "save_ours", lambda *a, **k: pytest.fail("exported after SIGTERM"))
     result, out = vlm3r_task.run(demo_tiny.get_config(), str(tmp_path))

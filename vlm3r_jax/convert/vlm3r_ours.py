@@ -18,6 +18,7 @@ from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
 from vlm3r_jax.models.cut3r.config import Cut3rConfig
+from vlm3r_jax.models.dtype_policy import DtypeOf, cast_params
 from vlm3r_jax.models.fusion import FusionConfig
 from vlm3r_jax.models.host_init import fill_abstract_rng
 from vlm3r_jax.models.lora import LoRAConfig
@@ -99,8 +100,9 @@ def read_num_frames(path: str) -> int | None:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
-def load_ours(path: str, dtype: str | None = None, shardings: Any = None):
-    """-> (config, model) from a directory written by :func:`save_ours`."""
+def load_ours(path: str, dtype: str | None = None, shardings: Any = None, param_dtypes: DtypeOf | None = None):
+    """-> (config, model) from a directory written by :func:`save_ours`. ``param_dtypes`` (see
+    models/dtype_policy.py) stores each parameter in its own dtype, as :func:`load_release` does."""
 
     cfg_path = os.path.join(path, CONFIG)
     if not os.path.exists(cfg_path):
@@ -113,6 +115,8 @@ def load_ours(path: str, dtype: str | None = None, shardings: Any = None):
         cfg = cfg.replace(llm=cfg.llm.replace(dtype=dtype, param_dtype=dtype))
     abstract = abstract_vlm3r(cfg)
     graphdef, state = nnx.split(abstract)
+    if param_dtypes is not None:
+        state = cast_params(state, param_dtypes)
     # the file holds one tensor per layer (as before layer stacks), so older checkpoints still load
     variables = flat_variables(state)
     mapping = {k: Src(k) for k, (p, _) in per_layer_slots(state).items() if isinstance(variables[p], nnx.Param)}

@@ -30,6 +30,7 @@ from vlm3r_jax.convert.llava_projector import projector_mapping
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir
 from vlm3r_jax.convert.sources import DictSource, OverlaySource, TensorSource
 from vlm3r_jax.convert.torch_pickle import TorchPickleSource
+from vlm3r_jax.models.dtype_policy import DtypeOf, cast_params
 from vlm3r_jax.models.fusion import FusionConfig, reference_heads
 from vlm3r_jax.models.host_init import fill_abstract_rng
 from vlm3r_jax.models.lora import LoRAConfig
@@ -327,13 +328,25 @@ class _UnionSource:
         return s.where(k)
 
 
+def abstract_release_state(cfg: VLM3RConfig, param_dtypes: DtypeOf | None = None) -> tuple[Any, Any]:
+    """(graphdef, abstract state) that :func:`load_release` fills: no memory is used, and with
+    ``param_dtypes`` each parameter already has the dtype its tensor is streamed into."""
+    graphdef, state = nnx.split(abstract_vlm3r(cfg))
+    return graphdef, (state if param_dtypes is None else cast_params(state, param_dtypes))
+
+
 def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = None, *, dtype: str = "float32",
-                 vision_config: str | dict | None = None, keep_lora: bool = False, attention_impl: str = "auto"):
+                 vision_config: str | dict | None = None, keep_lora: bool = False, attention_impl: str = "auto",
+                 param_dtypes: DtypeOf | None = None):
     """Loads a released VLM-3R (base LLaVA-Video-Qwen2 dir + PEFT LoRA dir with
     ``non_lora_trainables.bin`` + CUT3R ``.pth``) the way the reference ``load_pretrained_model``
     does: base weights, then the trained projector/fusion from ``non_lora_trainables.bin``, then the
     LoRA adapters merged into the LLM (or kept as adapters with ``keep_lora=True``), then the
     embeddings resized to ``len(tokenizer)``; CUT3R from its own checkpoint.
+
+    ``dtype`` is the compute dtype and, without ``param_dtypes``, the storage dtype of every
+    parameter; ``param_dtypes(path, var)`` (models/dtype_policy.py) gives each parameter its own
+    (frozen weights bfloat16, trainable ones float32), so each tensor streams straight into it.
 
     Returns ``(config, model, info)``.
     """
@@ -342,9 +355,8 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
     cfg, info = build_release_config(lora_dir, base_dir, geometry, dtype=dtype, vision_config=vision_config,
                                      keep_lora=keep_lora, attention_impl=attention_impl)
     base: SafetensorsDir = info["base"]
-    abstract = abstract_vlm3r(cfg)
-    graphdef, state = nnx.split(abstract)
-    jdt = jnp.dtype(dtype)
+    graphdef, state = abstract_release_state(cfg, param_dtypes)
+    jdt = None if param_dtypes is not None else jnp.dtype(dtype)  # None: each tensor keeps its target's dtype
 
     # trained projector + fusion block (override the base's projector)
     non_lora: TensorSource = DictSource({})

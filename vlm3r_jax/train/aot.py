@@ -30,12 +30,13 @@ import numpy as np
 from flax import nnx
 
 from vlm3r_jax import sharding
-from vlm3r_jax.layers.attention import target_platform
+from vlm3r_jax.layers.attention import resolve_implementation, target_platform
 from vlm3r_jax.models.lora import LoRAConfig, attach_lora
 from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
+from vlm3r_jax.train.flops import Part, attention_fwd, step_flops_per_row
 from vlm3r_jax.train.optimizer import make_optimizer
 from vlm3r_jax.train.state import TrainState
-from vlm3r_jax.train.step import LossFn, jit_train_step, make_train_step, next_token_xent
+from vlm3r_jax.train.step import LossFn, answer_token_xent, jit_train_step, make_train_step
 from vlm3r_jax.train.trainable import split_trainable
 
 GiB = 1024**3
@@ -141,17 +142,23 @@ def libtpu_path() -> str | None:
 class ModelSpec:
     """What a builder returns: ``factory()`` constructs the model (called under ``nnx.eval_shape``,
     so no memory is used), ``loss_fn(model, micro_batch) -> (loss sum, token count)`` and the
-    global batch as ``{name: jax.ShapeDtypeStruct([global_batch, ...])}``. ``flops_per_token``
-    (forward + backward of the whole model, optional) is used for the report."""
+    global batch as ``{name: jax.ShapeDtypeStruct([global_batch, ...])}``. For the report:
+    ``flops_per_token`` (forward + backward, x the batch's first two dims) or
+    ``step_flops(abstract model)`` (the whole global step), and ``extras`` (JSON fields; a
+    callable value is evaluated while the target platform is active)."""
 
     factory: Callable[[], nnx.Module]
     loss_fn: LossFn
     batch: dict[str, jax.ShapeDtypeStruct]
     flops_per_token: float | None = None
+    step_flops: Callable[[nnx.Module], float] | None = None
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 ModelBuilder = Callable[[ml_collections.ConfigDict], ModelSpec]
 MODEL_BUILDERS: dict[str, ModelBuilder] = {}
+# builders defined in modules that import this one register themselves when first asked for
+_BUILDER_MODULES = {"vlm3r": "vlm3r_jax.train.aot_vlm3r"}
 
 
 def register_model_builder(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -169,19 +176,25 @@ def get_model_builder(name: str) -> ModelBuilder:
     if ":" in name:
         mod, fn = name.split(":", 1)
         return getattr(importlib.import_module(mod), fn)
+    if name in _BUILDER_MODULES and name not in MODEL_BUILDERS:
+        importlib.import_module(_BUILDER_MODULES[name])
     if name not in MODEL_BUILDERS:
-        raise ValueError(f"unknown model builder {name!r}; registered: {sorted(MODEL_BUILDERS)} "
+        raise ValueError(f"unknown model builder {name!r}; registered: {sorted(set(MODEL_BUILDERS) | set(_BUILDER_MODULES))} "
                          "(or give 'package.module:function')")
     return MODEL_BUILDERS[name]
 
 
-def qwen2_train_flops_per_token(c: Any, seq_len: int) -> float:
-    """6 x matmul params (forward 2, backward 4) + causal attention scores/values, per token."""
+def qwen2_train_flops_per_token(c: Any, seq_len: int, lora_rank: int = 0) -> float:
+    """Per token, by the rule of train/flops.py: 6N for the LoRA adapters (rank ``lora_rank`` on
+    every attention/MLP Linear), 4N for the frozen base and LM head (0 rank: full fine-tuning,
+    6N for all), plus causal attention."""
     d, h, nq, nkv, f = c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.intermediate_size
-    per_layer = d * nq * h + 2 * d * nkv * h + nq * h * d + 3 * d * f
-    dense = c.num_layers * per_layer + d * c.vocab_size
-    attn = c.num_layers * 2 * nq * h * seq_len  # QK^T and PV, causal half of 2*T each
-    return 6.0 * dense + 6.0 * attn
+    shapes = [(d, nq * h), (d, nkv * h), (d, nkv * h), (nq * h, d), (d, f), (d, f), (f, d)]
+    dense = c.num_layers * sum(i * o for i, o in shapes) + d * c.vocab_size
+    lora = c.num_layers * sum(lora_rank * (i + o) for i, o in shapes)
+    attn = attention_fwd(c.num_layers, nq, h, 1, seq_len, causal=True)
+    trainable, frozen = (lora, dense) if lora_rank else (dense, 0)
+    return step_flops_per_row([Part("qwen2", 1.0, trainable, frozen, attn)])
 
 
 @register_model_builder("qwen2_lora")
@@ -199,17 +212,27 @@ def build_qwen2_lora(cfg: ml_collections.ConfigDict) -> ModelSpec:
         attach_lora(m, lc, rngs=nnx.Rngs(1))
         return m
 
+    max_labels = int(cfg.train.get("max_label_tokens", 0))
+
     def loss_fn(model, batch):
-        logits, _ = model(batch["input_ids"])
-        return next_token_xent(logits, batch["labels"])
+        hidden, _ = model.hidden_states(batch["input_ids"])
+        return answer_token_xent(hidden, batch["labels"], model.head, max_labels)
 
     b, t = int(cfg.data.global_batch), int(cfg.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in ("input_ids", "labels")}
-    return ModelSpec(factory, loss_fn, batch, qwen2_train_flops_per_token(mc, t))
+    rank = lc.rank if cfg.train.get("train_lora", True) else 0
+    return ModelSpec(factory, loss_fn, batch, qwen2_train_flops_per_token(mc, t, rank),
+                     extras={"builder": "qwen2_lora", "seq_len": t, "remat": "none",
+                             "attention": lambda: resolve_implementation(mc.attention_impl)})
 
 
 class AotOutOfMemoryError(RuntimeError):
-    """The compiler itself rejected the step for exceeding the device memory."""
+    """The compiler itself rejected the step for exceeding the device memory; ``extras`` (the
+    builder's report fields) and ``compile_s`` go into the JSON report all the same."""
+
+    def __init__(self, extras: dict[str, Any], compile_s: float, message: str):
+        super().__init__(message)
+        self.extras, self.compile_s = extras, compile_s
 
 
 # --- compile ---------------------------------------------------------------------------------
@@ -226,6 +249,11 @@ class AotResult:
     flops_per_step: float | None
     lower_s: float
     compile_s: float
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if not self.hbm_bytes else self.peak_bytes <= self.hbm_bytes
 
     @property
     def peak_bytes(self) -> float:
@@ -253,8 +281,10 @@ class AotResult:
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"topology": self.topology, "mesh": self.mesh_shape, "num_devices": self.num_devices,
-                "memory_bytes": self.memory, "hbm_bytes": self.hbm_bytes,
+        return {**self.extras, "topology": self.topology, "mesh": self.mesh_shape, "num_devices": self.num_devices,
+                "memory_bytes": self.memory, "hbm_bytes": self.hbm_bytes, "fits": self.fits,
+                "memory_gib_per_device": round(self.peak_bytes / GiB, 3),
+                "hbm_fraction": round(self.peak_bytes / self.hbm_bytes, 4) if self.hbm_bytes else None,
                 "trainable_params": self.trainable_params, "frozen_params": self.frozen_params,
                 "flops_per_step": self.flops_per_step, "lower_s": self.lower_s, "compile_s": self.compile_s}
 
@@ -288,13 +318,38 @@ def _with_sharding(tree: Any, shardings: Any) -> Any:
     return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
-                       devices: Sequence[Any] | None = None, num_slices: int = 1) -> AotResult:
-    """Lowers and compiles ``make_train_step`` for ``topology`` (``num_slices`` of them joined
-    over DCN) with the shardings the real run uses (params/optimizer state from logical axes,
-    batch over ``batch``, old state donated)."""
-    devices = list(devices) if devices is not None else topology_devices(topology, num_slices)
+@dataclasses.dataclass
+class PreparedStep:
+    """Everything of a train step but its weights: the jitted step with explicit shardings, the
+    abstract train state / frozen state / micro-batched batch and their shardings. The AOT
+    compile lowers it; ``bench/accelerator.py`` fills it with real arrays and runs it."""
+
+    cfg: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    rules: Any
+    spec: ModelSpec
+    abstract: nnx.Module
+    tx: Any
+    state: Any
+    frozen: Any
+    batch: dict[str, jax.ShapeDtypeStruct]
+    state_sh: Any
+    frozen_sh: Any
+    batch_sh: dict[str, Any]
+    step: Callable
+
+
+def prepare_train_step(cfg: ml_collections.ConfigDict, devices: Sequence[Any], num_slices: int = 1) -> PreparedStep:
+    """The model of ``cfg.model.builder`` built abstractly, split into trainables and frozen
+    state, every sharding derived from the logical-axis rules, the step jitted (state donated)."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())  # unlocked copy
+    builder = cfg.model.get("builder") if "model" in cfg else None
+    if not builder:
+        raise ValueError("this config has no model.builder, so there is no train step to compile; use "
+                         "configs/vlm3r_7b.py or a configs/*_aot.py, or set --config.model.builder to one of "
+                         f"{sorted(set(MODEL_BUILDERS) | set(_BUILDER_MODULES))}")
+    if "train" not in cfg or "optim" not in cfg:
+        raise ValueError("the config needs train and optim sections (see configs/vlm3r_7b.py)")
     accum = int(cfg.train.get("grad_accum_steps", 1))
     if "data" in cfg and not cfg.data.get("global_batch", 0):
         cfg.data.global_batch = len(devices) * accum  # one row per device per micro-batch
@@ -305,7 +360,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
         raise ValueError(f"mesh.dcn_data x mesh.dcn_fsdp = {dcn} but --num_slices is {num_slices}; make them equal")
     mesh = sharding.mesh_from_config(cfg.mesh, devices=devices)
     rules = sharding.rules_from_config(cfg.mesh.get("rules"))
-    spec = get_model_builder(cfg.model.builder)(cfg)
+    spec = get_model_builder(builder)(cfg)
     tc = cfg.train
 
     abstract = nnx.eval_shape(spec.factory)
@@ -329,9 +384,23 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
         batch_sh[k] = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(names, v.shape, mesh, rules))
 
     step = jit_train_step(make_train_step(graphdef, tx, spec.loss_fn, schedule), state_sh, frozen_sh, batch_sh)
+    return PreparedStep(cfg, mesh, rules, spec, abstract, tx, state, frozen, batch, state_sh, frozen_sh, batch_sh, step)
+
+
+def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
+                       devices: Sequence[Any] | None = None, num_slices: int = 1) -> AotResult:
+    """Lowers and compiles ``make_train_step`` for ``topology`` (``num_slices`` of them joined
+    over DCN) with the shardings the real run uses (params/optimizer state from logical axes,
+    batch over ``batch``, old state donated)."""
+    devices = list(devices) if devices is not None else topology_devices(topology, num_slices)
+    p = prepare_train_step(cfg, devices, num_slices)
+    mesh, rules, spec, abstract, step = p.mesh, p.rules, p.spec, p.abstract, p.step
+    state, state_sh, frozen, frozen_sh, batch, batch_sh = p.state, p.state_sh, p.frozen, p.frozen_sh, p.batch, p.batch_sh
+    params = state.params
 
     # attention_impl="auto" must resolve for the target devices, not for this (CPU) host
     with sharding.use_mesh(mesh, rules), target_platform(devices[0].platform):
+        extras = {k: (v() if callable(v) else v) for k, v in spec.extras.items()}
         t0 = time.perf_counter()
         lowered = step.lower(_with_sharding(state, state_sh), _with_sharding(frozen, frozen_sh),
                              _with_sharding(batch, batch_sh))
@@ -340,7 +409,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
             compiled = lowered.compile()
         except Exception as e:  # the TPU compiler refuses programs that exceed HBM
             if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
-                raise AotOutOfMemoryError(
+                raise AotOutOfMemoryError(extras, time.perf_counter() - t1,
                     f"{topology} (mesh {dict(mesh.shape)}): the train step does not fit in HBM: {e}. Shard more "
                     "(mesh.shape), shorten data.seq_len, lower data.global_batch / raise "
                     "train.grad_accum_steps, or rematerialize layers."
@@ -353,6 +422,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, topology: str = "cpu",
         topology=topology if num_slices == 1 else f"{num_slices}x{topology}", mesh_shape={k: int(v) for k, v in mesh.shape.items()}, num_devices=len(devices),
         compiled=compiled, memory=memory_summary(compiled), hbm_bytes=hbm,
         trainable_params=_count(params), frozen_params=_count(nnx.state(frozen, nnx.Param)),
-        flops_per_step=spec.flops_per_token * tokens if spec.flops_per_token else None,
-        lower_s=t1 - t0, compile_s=t2 - t1,
+        flops_per_step=(spec.step_flops(abstract) if spec.step_flops is not None
+                        else spec.flops_per_token * tokens if spec.flops_per_token else None),
+        lower_s=t1 - t0, compile_s=t2 - t1, extras=extras,
     )

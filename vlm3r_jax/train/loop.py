@@ -101,6 +101,8 @@ def train(
     *,
     flops_per_token: float | None = None,
     peak_flops: float | None = None,
+    flops_per_step: Callable[[dict], float] | None = None,
+    check_batch: Callable[[dict], None] | None = None,
     eval_hook: Callable[[int, nnx.Module], dict] | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -115,6 +117,8 @@ def train(
     :mod:`vlm3r_jax.train.distributed`) every process runs this function with its own iterator
     yielding its local rows; the global batch is assembled across processes, every process
     takes part in checkpointing (Grain state is saved per process) and process 0 writes metrics.
+    MFU (with ``peak_flops``): ``flops_per_step(host batch)`` model FLOPs of the whole global
+    step, or ``flops_per_token`` x tokens. ``check_batch(host batch)`` may refuse a batch first.
     """
     tc = cfg.train
     max_seconds = float(tc.get("max_seconds", 0) or 0)
@@ -154,6 +158,8 @@ def train(
             for step in range(start, tc.steps):
                 t0 = time.perf_counter()
                 host = next(data_iter)
+                if check_batch is not None:
+                    check_batch(host)
                 batch = distributed.global_batch(_to_micro(host, accum), mesh, rules, batch_axis=1, strict=True)
                 t1 = time.perf_counter()
                 state, metrics = step_fn(state, frozen, batch)
@@ -168,7 +174,9 @@ def train(
                 row = {k: float(distributed.to_host(v)) for k, v in metrics.items()}
                 row.update(step_time=t2 - t0, data_wait=t1 - t0, compute_time=t2 - t1)
                 row["tokens_per_s"] = row["tokens"] / max(t2 - t1, 1e-9)
-                if flops_per_token and peak_flops:
+                if flops_per_step is not None and peak_flops:
+                    row["mfu"] = flops_per_step(host) / max(t2 - t1, 1e-9) / peak_flops
+                elif flops_per_token and peak_flops:
                     seq_tokens = float(np.prod(np.asarray(host["attention_mask"]).shape)) * jax.process_count() \
                         if "attention_mask" in host else row["tokens"]
                     row["mfu"] = flops_per_token * seq_tokens / max(t2 - t1, 1e-9) / peak_flops

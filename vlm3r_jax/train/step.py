@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -34,6 +35,47 @@ def next_token_xent(logits: jax.Array, labels: jax.Array, ignore_index: int = IG
     safe = jnp.where(valid, target, 0)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
+def answer_positions(labels: jax.Array, max_labels: int = 0, ignore_index: int = IGNORE_INDEX
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """labels [B, L] -> (idx int [B, K], target [B, K], valid bool [B, K]): the positions t whose
+    next token t+1 carries a label, first ones first, padded with invalid slots. ``K`` is
+    ``max_labels`` (a static bound) or L - 1 when 0."""
+    target = labels[:, 1:]
+    valid = target != ignore_index
+    k = target.shape[1] if max_labels <= 0 else min(int(max_labels), target.shape[1])
+    # a stable sort of "not labelled" puts the labelled positions first, in order
+    idx = jnp.argsort(jnp.logical_not(valid), axis=1, stable=True)[:, :k].astype(jnp.int32)
+    return idx, jnp.take_along_axis(target, idx, axis=1), jnp.take_along_axis(valid, idx, axis=1)
+
+
+def answer_token_xent(hidden: jax.Array, labels: jax.Array, head: Callable[[jax.Array], jax.Array],
+                      max_labels: int = 0, ignore_index: int = IGNORE_INDEX) -> tuple[jax.Array, jax.Array]:
+    """:func:`next_token_xent` without the ``[B, L, vocab]`` logits: hidden [B, L, D] (final-normed)
+    is gathered at the labelled positions (at most ``max_labels`` per row, static) and only those
+    go through ``head`` ([B, K, D] -> [B, K, vocab]); logits and loss in float32.
+
+    A row with more labelled tokens than ``max_labels`` makes the loss NaN (the loop then stops):
+    dropping tokens silently would train on a different objective. ``labels_overflow`` checks a
+    host batch beforehand with a clear message."""
+    idx, target, valid = answer_positions(labels, max_labels, ignore_index)
+    h = jnp.take_along_axis(hidden, idx[..., None], axis=1)
+    logits = head(h).astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, target, 0))
+    lsum = jnp.sum(jnp.where(valid, losses, 0.0))
+    count = jnp.sum(valid).astype(jnp.float32)
+    total = jnp.sum(labels[:, 1:] != ignore_index).astype(jnp.float32)
+    return jnp.where(count == total, lsum, jnp.nan), count
+
+
+def labels_overflow(labels: Any, max_labels: int, ignore_index: int = IGNORE_INDEX) -> int:
+    """Host check: the largest number of labelled next-token targets in a row of ``labels``
+    [..., L] when it exceeds ``max_labels`` (0 = no bound), else 0."""
+    if max_labels <= 0:
+        return 0
+    n = int(np.max(np.sum(np.asarray(labels)[..., 1:] != ignore_index, axis=-1), initial=0))
+    return n if n > max_labels else 0
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
