@@ -63,7 +63,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.trainable = (r"fusion_block\..*", r"mm_projector\.linears\..*")
     c.train.save_every = 500
     c.train.max_label_tokens = 512  # the loss gathers this many answer positions per row (no [B, L, vocab])
-    c.train.remat = "full"  # a layers/remat.py policy; applied once the layer scans land
     c.optim.lr = 2e-5
     c.optim.warmup_ratio = 0.03
     # ahead-of-time compile (python -m launch.aot_compile --config configs/vlm3r_7b.py --topology v6e-8):

@@ -20,6 +20,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.siglip_size = c.model.vision.image_size
     c.train.grad_accum_steps = 2
     c.train.max_label_tokens = 8
-    c.train.remat = "none"
     c.aot = ml_collections.ConfigDict(dict(vocab_size=96, seq_len=56, geometry="cache"))
     return c

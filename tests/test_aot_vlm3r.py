@@ -48,7 +48,7 @@ def test_tiny_vlm3r_step_compiles_for_local_devices():
 
 def test_bad_input_is_one_line_exit_2(tmp_path):
     cfg = get_config()
-    cfg.train.remat = "everything"
+    cfg.model.llm.remat = "everything"
     with pytest.raises(ValueError, match="dots_saveable"):
         aot.compile_train_step(cfg, "cpu")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

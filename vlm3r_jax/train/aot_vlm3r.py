@@ -29,8 +29,6 @@ from vlm3r_jax.train.aot import ModelSpec, register_model_builder
 from vlm3r_jax.train.vlm3r_task import param_dtypes, step_flops, vlm3r_config, vlm3r_loss
 
 GEOMETRY_MODES = ("cache", "online")
-# The names branch i21a's layers/remat.py accepts; only "none" runs until the layer scans land.
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "offload")
 
 
 def _aot_section(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -38,9 +36,6 @@ def _aot_section(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     mode = a.get("geometry", "cache")
     if mode not in GEOMETRY_MODES:
         raise ValueError(f"aot.geometry={mode!r}; choose one of {', '.join(GEOMETRY_MODES)}")
-    remat = cfg.train.get("remat", "none")
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy train.remat={remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
     return a
 
 
@@ -48,7 +43,8 @@ def _aot_section(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def build_vlm3r(cfg: ml_collections.ConfigDict) -> ModelSpec:
     """``cfg.model`` as in configs/vlm3r_7b.py; ``cfg.aot``: vocab_size, seq_len, geometry
     (cache | online); ``cfg.data``: global_batch, num_frames; ``cfg.train``: trainable,
-    max_label_tokens, remat."""
+    max_label_tokens. Rematerialization is per tower: ``model.llm.remat``, ``model.vision.remat``,
+    ``model.geometry.remat`` (checked by each tower's config)."""
     a = _aot_section(cfg)
     pol = DtypePolicy.from_config(cfg.get("dtypes"))
     vcfg = vlm3r_config(cfg.model, None, dtype=pol.compute, vocab_size=int(a.get("vocab_size", 152064)))
@@ -86,6 +82,6 @@ def build_vlm3r(cfg: ml_collections.ConfigDict) -> ModelSpec:
     extras = {"builder": "vlm3r", "num_frames": frames, "seq_len": seq_len, "text_len": text,
               "video_tokens": video, "geometry": "online" if online else "cache",
               "attention": lambda: resolve_implementation(vcfg.llm.attention_impl),
-              "remat": cfg.train.get("remat", "none"), "max_label_tokens": max_labels,
+              "remat": vcfg.llm.remat, "remat_vision": vcfg.vision.remat, "max_label_tokens": max_labels,
               "dtypes": {"compute": pol.compute, "frozen": pol.frozen, "trainable": pol.trainable}}
     return ModelSpec(factory, loss_fn, batch, step_flops=flops, extras=extras)
