@@ -11,11 +11,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PARENT = r"""
 import os, signal, sys
 import grain
-from data_pipeline.pipeline import _ensure_absl_flags
+from data_pipeline.pipeline import ensure_absl_flags
 from data_pipeline.worker_lifetime import exit_with_parent
 
 if __name__ == "__main__":
-    _ensure_absl_flags()
+    ensure_absl_flags()
     ds = grain.MapDataset.range(10_000).map(lambda i: i * 2).to_iter_dataset()
     it = iter(ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=2, per_worker_buffer_size=2),
                              worker_init_fn=exit_with_parent))
