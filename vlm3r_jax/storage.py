@@ -6,7 +6,7 @@ outputs and the geometry cache can live on ``gs://`` (or anything ``etils.epath`
 |---|---|---|
 | absolute form | ``os.path.abspath`` | untouched (``os.path.abspath("gs://b")`` would make a local ``gs:/b`` dir) |
 | atomic file write | temp name + ``os.replace`` | one object write (object stores publish an object whole) |
-| append a line | ``O_APPEND`` | read + rewrite the object (object stores have no append) |
+| append a line (:class:`LineLog`) | ``O_APPEND`` | rewrite the object whole, kept in memory (object stores have no append) |
 | a tree written by a local-only writer | written in place | written to a local temp dir, then copied |
 
 ``gs://`` needs ``gcsfs`` (the ``gcs`` extra); Orbax reaches ``gs://`` through tensorstore itself.
@@ -108,15 +108,38 @@ def replace(src: str, dst: str) -> None:
     epath.Path(src).unlink()
 
 
-def append_text(path: str, text: str) -> None:
-    """Appends ``text`` (whole lines). On object stores: read + rewrite the object."""
-    if not is_uri(path):
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text)
-        return
-    p = epath.Path(path)
-    old = p.read_text(encoding="utf-8") if p.exists() else ""
-    p.write_text(old + text, encoding="utf-8")
+class LineLog:
+    """An append-only log of whole lines at a path or URI. Locally: one ``os.write`` per entry on
+    an O_APPEND descriptor (optionally fsynced), so a crash leaves at most a torn last line. On an
+    object store (no append): the content is kept here and republished whole with each entry,
+    never read back per write."""
+
+    def __init__(self, path: str, fsync: bool = False):
+        self.path, self.fsync = path, fsync
+        self.fd: int | None = None
+        self._data: bytes | None = None
+        if is_uri(path):
+            self._data = read_bytes(path) if exists(path) else b""
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8")
+        if self._data is not None:
+            self._data += data
+            write_atomic(self.path, self._data)
+            return
+        written = os.write(self.fd, data)
+        if written != len(data):  # pragma: no cover - only on a full disk
+            raise OSError(f"short write to {self.path} ({written}/{len(data)} bytes)")
+        if self.fsync:
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def glob(directory: str, pattern: str) -> list[str]:

@@ -10,7 +10,6 @@ predictor and checkpoint; :func:`stale_reason` refuses to resume another run's s
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,33 +73,17 @@ def read_samples(path: str, repair: bool = True) -> dict[str, dict[str, Any]]:
 
 
 class Appender:
-    """Appends whole lines with one ``os.write`` each on an O_APPEND descriptor (+ fsync)."""
+    """Appends one JSON line per sample (:class:`vlm3r_jax.storage.LineLog`: one ``os.write`` on an
+    O_APPEND descriptor + fsync locally, a whole-object rewrite on a bucket)."""
 
     def __init__(self, path: str, fsync: bool = True):
-        self.fsync = fsync
-        self.fd = None
-        self._path, self._data = path, None
-        if storage.is_uri(path):  # no append on object stores: keep the content, rewrite it whole
-            self._data = storage.read_bytes(path) if storage.exists(path) else b""
-            return
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._log = storage.LineLog(path, fsync=fsync)
 
     def write(self, obj: Mapping[str, Any]) -> None:
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-        if self._data is not None:
-            self._data += data
-            storage.write_atomic(self._path, self._data)
-            return
-        written = os.write(self.fd, data)
-        if written != len(data):  # pragma: no cover - only on a full disk
-            raise OSError(f"short write to samples.jsonl ({written}/{len(data)} bytes)")
-        if self.fsync:
-            os.fsync(self.fd)
+        self._log.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
+        self._log.close()
 
 
 class NullAppender:

@@ -32,7 +32,6 @@ from vlm3r_jax.infer.chat import ChatSession
 from vlm3r_jax.infer.engine import VLM3REngine, forward_logits
 from vlm3r_jax.infer.stream import StreamConfig, VideoStream
 from vlm3r_jax.models.host_init import fill_random
-from vlm3r_jax.models.splice import check_length, placeholder_positions
 from vlm3r_jax.models.vlm3r import VLM3R, VLM3RConfig, abstract_vlm3r
 
 OURS_CONFIG = "vlm3r_config.json"
@@ -208,9 +207,7 @@ class VLM3RModel:
         take minutes and tens of GB before the full length check)."""
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        ids = self.prompt_ids("?")
-        check_length(len(ids), self.cfg.num_video_tokens(num_frames),
-                     placeholder_positions(ids[None], self.video_token_id), self.cfg.model_max_length, "error")
+        self.engine.check(self.prompt_ids("?"), None, num_frames=num_frames)
 
     def prompt_ids(self, question: str, with_video: bool = True) -> np.ndarray:
         """The official single-turn prompt (``<image>\\n`` + question, qwen_1_5 template). Control

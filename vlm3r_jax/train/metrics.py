@@ -26,27 +26,17 @@ log = logging.getLogger("vlm3r_jax.train")
 
 class JsonlWriter:
     def __init__(self, path: str):
-        storage.makedirs(os.path.dirname(path))
-        self.path = path
-        # On an object store every write republishes the whole object; keep it to avoid a read each time.
-        self._text = None
-        if storage.is_uri(path):
-            self._text = storage.read_text(path) if storage.exists(path) else ""
+        self._log = storage.LineLog(path)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
-        line = json.dumps(row) + "\n"
-        if self._text is None:
-            storage.append_text(self.path, line)
-        else:
-            self._text += line
-            storage.write_atomic(self.path, self._text)
+        self._log.write(json.dumps(row) + "\n")
 
     def flush(self) -> None:
         pass
 
     def close(self) -> None:
-        pass
+        self._log.close()
 
 
 class ConsoleWriter:
