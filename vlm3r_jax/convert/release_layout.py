@@ -168,7 +168,6 @@ def constructor_string(cfg: Any) -> str:
 
 
 def cut3r_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray]:
-
     return {k: to_numpy(v, dtype) for k, v in export_state_dict(nnx.state(model.spatial_tower, nnx.Param)).items()}
 
 

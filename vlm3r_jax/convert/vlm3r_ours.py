@@ -58,7 +58,6 @@ def config_to_dict(cfg) -> dict:
 
 
 def config_from_dict(d: dict):
-
     d = dict(d)
     d.pop("format_version", None)
     d.pop("num_frames", None)  # an inference default (see read_num_frames), not part of the network

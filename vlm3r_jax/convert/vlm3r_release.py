@@ -92,12 +92,7 @@ _NON_LORA_TARGETS = ("model.mm_projector.", "model.image_newline", "model.fusion
 _KNOWN_SIGLIP = {1152: dict(num_attention_heads=16, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")}
 
 
-def _read_json(path: str) -> dict:
-    return read_json_object(path)
-
-
 def _open_torch_or_safetensors(path: str) -> TensorSource:
-
     if path.endswith(".safetensors"):
         return SafetensorsDir(path)
     return TorchPickleSource(path)
@@ -155,7 +150,7 @@ def resolve_vision_config(cfg_json: dict, base_dir: str, search_dirs: list[str],
     if isinstance(vision_config, dict):
         return vision_config
     if isinstance(vision_config, str):
-        return _read_json(os.path.join(vision_config, "config.json") if os.path.isdir(vision_config) else vision_config)
+        return read_json_object(os.path.join(vision_config, "config.json") if os.path.isdir(vision_config) else vision_config)
     if isinstance(cfg_json.get("vision_config"), dict):
         return cfg_json["vision_config"]
     width = source.shape(SIGLIP_PREFIX + "embeddings.patch_embedding.weight")[0]
@@ -172,7 +167,7 @@ def resolve_vision_config(cfg_json: dict, base_dir: str, search_dirs: list[str],
         candidates += glob.glob(os.path.join(os.path.dirname(os.path.abspath(d)), "*", "config.json"))
     for c in candidates:
         try:
-            d = _read_json(c)
+            d = read_json_object(c)
         except (OSError, CheckpointError):
             continue
         d = d.get("vision_config", d) if isinstance(d.get("vision_config"), dict) else d
@@ -210,7 +205,7 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     cfg_path = os.path.join(cfg_dir, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"no config.json in {cfg_dir} (the VLM-3R config with spatial_tower/fusion_block)")
-    cj = _read_json(cfg_path)
+    cj = read_json_object(cfg_path)
     base = SafetensorsDir(base_dir)
     tok = QwenTokenizer.from_dir(base_dir)
     vocab = len(tok)

@@ -117,7 +117,6 @@ class VideoStream:
 
     # --- frames -----------------------------------------------------------------------------------
     def _prepare(self, frame: Any) -> jax.Array:
-
         size = self.engine.cfg.vision.image_size
         x = np.asarray(frame)
         if x.ndim != 3 or x.shape[-1] != 3:

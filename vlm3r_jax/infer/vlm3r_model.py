@@ -121,7 +121,6 @@ class VLM3RModel:
 
     @classmethod
     def _from_ours(cls, path: str, *, dtype: str, num_frames: int) -> VLM3RModel:
-
         cfg, model = load_ours(path, dtype=dtype)
         return cls(cfg, model, QwenTokenizer.from_dir(path), num_frames=num_frames)
 
