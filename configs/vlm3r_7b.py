@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.grad_accum_steps = 16
     c.train.trainable = (r"fusion_block\..*", r"mm_projector\.linears\..*")
     c.train.save_every = 500
+    c.train.log_every = 10  # metrics are read back from the device once per window, not every step
     c.train.max_label_tokens = 512  # the loss gathers this many answer positions per row (no [B, L, vocab])
     c.optim.lr = 2e-5
     c.optim.warmup_ratio = 0.03

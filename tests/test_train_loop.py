@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -102,3 +103,55 @@ def test_unwritable_workdir_fails_before_the_model_is_built(tmp_path, monkeypatc
     blocker.write_text("x")
     with pytest.raises(OSError, match=r"workdir .*file/run is not a writable directory"):
         vlm3r_task.run(None, str(blocker / "run"))
+
+
+def _toy(monkeypatch, steps, **train):
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import toy_train
+
+    cfg = toy_train.config(steps)
+    cfg.train.update(train)
+    monkeypatch.setattr(toy_train, "config", lambda steps: cfg)
+    return toy_train
+
+
+def test_metrics_are_read_once_per_log_window_with_the_same_losses(tmp_path, monkeypatch):
+    from vlm3r_jax import sharding
+    from vlm3r_jax.train import metric_window
+
+    flushes = []
+    real = metric_window.MetricWindow.flush
+    monkeypatch.setattr(metric_window.MetricWindow, "flush",
+                        lambda self, *a: flushes.append(len(self.pending)) or real(self, *a))
+    every = _toy(monkeypatch, 8, log_every=1, save_every=100, eval_every=0).main(str(tmp_path / "a"), 8)
+    assert flushes == [1] * 8
+    flushes.clear()
+    windowed = _toy(monkeypatch, 8, log_every=4, save_every=100, eval_every=0).main(str(tmp_path / "b"), 8)
+    # three host syncs for eight steps: Orbax checkpoints step 1 (its first save), then every 4th step logs
+    assert flushes == [1, 3, 4]
+    assert [r["step"] for r in windowed.history] == list(range(1, 9))
+    np.testing.assert_array_equal([r["loss"] for r in every.history], [r["loss"] for r in windowed.history])
+    rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "loss" in r] == [4, 8]
+    # the loop's state carries the shardings the AOT compile derives from the logical axes
+    mesh = sharding.mesh_from_config(toy_train_cfg_mesh())
+    want = sharding.state_shardings(windowed.state.params, mesh)
+    got = jax.tree_util.tree_map(lambda x: x.sharding, windowed.state.params)
+    assert jax.tree_util.tree_leaves(got) == jax.tree_util.tree_leaves(want)
+
+
+def toy_train_cfg_mesh():
+    import toy_train
+
+    return toy_train.config(1).mesh
+
+
+def test_nonfinite_loss_inside_a_window_names_its_step_and_saves_nothing(tmp_path, monkeypatch):
+    from vlm3r_jax.train.loop import NonFiniteLossError
+
+    toy = _toy(monkeypatch, 6, log_every=3, save_every=2, eval_every=0)
+    monkeypatch.setattr(toy, "loss_fn", lambda m, b: (np.float32(np.nan), np.float32(1.0)))
+    with pytest.raises(NonFiniteLossError, match=r"at step 1;.*latest good checkpoint \(step None\)"):
+        toy.main(str(tmp_path), 6)
+    assert not os.path.isdir(tmp_path / "checkpoints") or not [d for d in os.listdir(tmp_path / "checkpoints")
+                                                               if d.isdigit()]

@@ -89,6 +89,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def should_save(self, step: int) -> bool:
+        """Whether :meth:`save` of ``step`` (unforced) would write a checkpoint."""
+        return self.manager.should_save(int(step))
+
     def save(self, step: int, state: Any, data_iter: Any = None, *, force: bool = False) -> bool:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:

@@ -5,13 +5,15 @@ What it guarantees: restore-from-latest on start (params, optimizer, step, RNG, 
 a checkpoint every ``save_every`` steps and on SIGTERM, a stop with a clear message on a
 non-finite loss (the last good checkpoint stays the latest), step time split into data wait
 and compute, tokens/s and MFU in the metrics, a tqdm bar, and an optional periodic eval hook.
+Metrics stay on the device between logging points (:mod:`vlm3r_jax.train.metric_window`), so the
+host dispatches the next step without waiting for the last one; the step is jitted with the same
+explicit in/out shardings as the ahead-of-time compile (:func:`vlm3r_jax.train.aot.prepare_train_step`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import sys
 import time
@@ -27,17 +29,17 @@ from tqdm.auto import tqdm
 from vlm3r_jax import sharding, storage
 from vlm3r_jax.train import distributed
 from vlm3r_jax.train.checkpoint import Checkpointer, PreemptionGuard, abstract_like
+from vlm3r_jax.train.metric_window import MetricWindow, NonFiniteLossError
 from vlm3r_jax.train.metrics import create_writer
 from vlm3r_jax.train.optimizer import make_optimizer
 from vlm3r_jax.train.state import TrainState
-from vlm3r_jax.train.step import LossFn, make_train_step
+from vlm3r_jax.train.step import LossFn, jit_train_step, make_train_step
 from vlm3r_jax.train.trainable import split_trainable
 
 log = logging.getLogger("vlm3r_jax.train")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+__all__ = ["NonFiniteLossError", "TrainResult", "train"]
 
 
 @dataclasses.dataclass
@@ -79,17 +81,11 @@ def _data_metrics(data_iter: Any) -> dict:
     return {k: float(v) for k, v in fn().items()} if callable(fn) else {}
 
 
-def _replicate_unplaced(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Scalars such as the step, RNG and optimizer counts are created on one device; the jitted
-    step runs on the whole mesh, so replicate every array that is not already mesh-sharded."""
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-    def one(x):
-        if isinstance(x, jax.Array) and not isinstance(x.sharding, jax.sharding.NamedSharding):
-            return distributed.put(x, replicated)
-        return x
-
-    return jax.tree_util.tree_map(one, tree)
+def _seq_tokens(host: dict) -> float | None:
+    """Padded tokens of the global batch (what a FLOPs-per-token MFU counts), when the batch has a mask."""
+    if "attention_mask" not in host:
+        return None
+    return float(np.prod(np.asarray(host["attention_mask"]).shape)) * jax.process_count()
 
 
 def train(
@@ -128,10 +124,13 @@ def train(
     rules = sharding.rules_from_config(cfg.mesh.get("rules"))
     model.train()
     graphdef, params, frozen = split_trainable(model, list(tc.trainable), include_lora=tc.get("train_lora", True))
-    params = distributed.shard_state(params, mesh, rules)
-    frozen = distributed.shard_state(frozen, mesh, rules)
     tx, schedule = make_optimizer(cfg.optim, tc.steps)
-    state = _replicate_unplaced(TrainState.create(params, tx, seed=tc.get("seed", 0)), mesh)
+    state = TrainState.create(params, tx, seed=tc.get("seed", 0))
+    # every sharding from the logical axes, as in the AOT compile: Adam moments follow their params
+    state_sh = sharding.state_shardings(state, mesh, rules)
+    frozen_sh = sharding.state_shardings(frozen, mesh, rules)
+    state = distributed.put(state, state_sh)
+    frozen = distributed.put(frozen, frozen_sh)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tc.save_every, keep=tc.get("keep", 3),
                         async_save=tc.get("async_checkpoint", True))
@@ -146,7 +145,10 @@ def train(
             tqdm.write(f"resumed from {ckpt.directory} at step {start}", file=sys.stderr)
 
     accum = int(tc.get("grad_accum_steps", 1))
-    step_fn = jax.jit(make_train_step(graphdef, tx, loss_fn, schedule), donate_argnums=0)
+    step = make_train_step(graphdef, tx, loss_fn, schedule)
+    step_fns: dict[Any, Any] = {}  # batch shardings -> jitted step (one entry unless shapes vary)
+    log_every = max(int(tc.get("log_every", 1)), 1)
+    eval_every = int(tc.get("eval_every", 0) or 0) if eval_hook is not None else 0
     lead = distributed.is_lead_process()
     writer = create_writer(workdir, tensorboard=tc.get("tensorboard", True)) if lead else _NullWriter()
     guard = PreemptionGuard()
@@ -155,53 +157,55 @@ def train(
     bar = tqdm(total=tc.steps, initial=start, desc="train", disable=not (progress and lead), dynamic_ncols=True)
     try:
         with sharding.use_mesh(mesh, rules):
-            for step in range(start, tc.steps):
+            window = MetricWindow(flops_per_token=flops_per_token, peak_flops=peak_flops)
+
+            def read_back(step: int, log_it: bool) -> None:
+                rows = window.flush(ckpt.latest_step(), ckpt.directory)
+                if rows:
+                    history.extend(rows)
+                    if log_it:
+                        writer.write_scalars(step, {**rows[-1], **_data_metrics(data_iter)})
+                    bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+
+            for i in range(start, tc.steps):
                 t0 = time.perf_counter()
                 host = next(data_iter)
                 if check_batch is not None:
                     check_batch(host)
                 batch = distributed.global_batch(_to_micro(host, accum), mesh, rules, batch_axis=1, strict=True)
+                batch_sh = jax.tree_util.tree_map(lambda x: x.sharding, batch)
+                key = tuple(jax.tree_util.tree_leaves(batch_sh))
+                if key not in step_fns:
+                    step_fns[key] = jit_train_step(step, state_sh, frozen_sh, batch_sh)
                 t1 = time.perf_counter()
-                state, metrics = step_fn(state, frozen, batch)
-                loss = float(distributed.to_host(metrics["loss"]))  # also the sync point that makes the timing honest
-                t2 = time.perf_counter()
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss became {loss} at step {step + 1}; stopping. The latest good checkpoint "
-                        f"(step {ckpt.latest_step()}) is in {ckpt.directory}. Lower optim.lr, raise "
-                        "optim.warmup_ratio or check the data around this step."
-                    )
-                row = {k: float(distributed.to_host(v)) for k, v in metrics.items()}
-                row.update(step_time=t2 - t0, data_wait=t1 - t0, compute_time=t2 - t1)
-                row["tokens_per_s"] = row["tokens"] / max(t2 - t1, 1e-9)
-                if flops_per_step is not None and peak_flops:
-                    row["mfu"] = flops_per_step(host) / max(t2 - t1, 1e-9) / peak_flops
-                elif flops_per_token and peak_flops:
-                    seq_tokens = float(np.prod(np.asarray(host["attention_mask"]).shape)) * jax.process_count() \
-                        if "attention_mask" in host else row["tokens"]
-                    row["mfu"] = flops_per_token * seq_tokens / max(t2 - t1, 1e-9) / peak_flops
-                history.append({"step": step + 1, **row})
-                if (step + 1) % tc.get("log_every", 1) == 0 or step + 1 == tc.steps:
-                    writer.write_scalars(step + 1, {**row, **_data_metrics(data_iter)})
+                state, metrics = step_fns[key](state, frozen, batch)  # dispatched; not waited for
+                window.add(i + 1, metrics, t1 - t0,
+                           flops=flops_per_step(host) if flops_per_step is not None and peak_flops else None,
+                           seq_tokens=_seq_tokens(host))
+                evals = bool(eval_every) and (i + 1) % eval_every == 0
+                logs = (i + 1) % log_every == 0 or i + 1 == tc.steps
+                if evals or logs or ckpt.should_save(i + 1):
+                    read_back(i + 1, logs)  # before anything is saved: a non-finite loss stops here
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                saved = ckpt.save(step + 1, state, data_iter if saves_iter else None)
-                if eval_hook is not None and tc.get("eval_every", 0) and (step + 1) % tc.eval_every == 0:
-                    scores = eval_hook(step + 1, nnx.merge(graphdef, state.params, frozen))
+                saved = ckpt.save(i + 1, state, data_iter if saves_iter else None)
+                if evals:
+                    scores = eval_hook(i + 1, nnx.merge(graphdef, state.params, frozen))
                     if scores:
-                        writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in scores.items()})
+                        writer.write_scalars(i + 1, {f"eval/{k}": v for k, v in scores.items()})
                 # All processes must agree to stop: the forced save below is a collective.
                 sigterm = guard.requested.is_set()
-                out_of_time = deadline is not None and time.monotonic() > deadline and step + 1 < tc.steps
-                if distributed.any_process(sigterm or out_of_time):
+                out_of_time = deadline is not None and time.monotonic() > deadline and i + 1 < tc.steps
+                stop = distributed.any_process(sigterm or out_of_time)
+                if stop:
                     preempted = distributed.any_process(sigterm)  # the same answer on every process
                     if preempted:
-                        log.warning("SIGTERM received: checkpointing step %d and exiting", step + 1)
+                        log.warning("SIGTERM received: checkpointing step %d and exiting", i + 1)
                     elif lead:
-                        tqdm.write(f"train.max_seconds={max_seconds:g} reached: stopping at step {step + 1} of "
+                        tqdm.write(f"train.max_seconds={max_seconds:g} reached: stopping at step {i + 1} of "
                                    f"{tc.steps} (checkpointed; run again to go on)", file=sys.stderr)
+                    read_back(i + 1, True)
                     if not saved:  # a second save of the same step raises StepAlreadyExistsError
-                        ckpt.save(step + 1, state, data_iter if saves_iter else None, force=True)
+                        ckpt.save(i + 1, state, data_iter if saves_iter else None, force=True)
                     break
             else:
                 if ckpt.latest_step() != tc.steps:
