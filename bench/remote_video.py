@@ -13,31 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-
-def start_emulator(latency_ms: float, log: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GCS_EMULATOR_LATENCY_MS": str(latency_ms), "GCS_EMULATOR_LOG": log}
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), "start", "--host",
-                             "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket", "bench"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return proc, f"http://127.0.0.1:{port}"
+from _gcs import BUCKET, start_emulator  # noqa: E402 - the tests' emulator launcher
 
 
 def main() -> None:
@@ -48,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="remote-video-bench-")
     log = os.path.join(work, "requests.log")
-    proc, url = start_emulator(args.latency_ms, log)
+    proc, url = start_emulator({"GCS_EMULATOR_LATENCY_MS": str(args.latency_ms), "GCS_EMULATOR_LOG": log})
     os.environ.update({"STORAGE_EMULATOR_HOST": url, "GOOGLE_CLOUD_PROJECT": "bench", "GCE_METADATA_HOST": "127.0.0.1:1",
                        "VLM3R_FETCH_CACHE": os.path.join(work, "cache")})
     import logging
@@ -62,7 +45,7 @@ def main() -> None:
 
     local = os.path.join(work, "clip.mp4")
     write_barcode_video(local, 1800, fps=30, size=(480, 640), gop=30)
-    uri = "gs://bench/clip.mp4"
+    uri = f"gs://{BUCKET}/clip.mp4"
     with open(local, "rb") as f:
         epath.Path(uri).write_bytes(f.read())
 

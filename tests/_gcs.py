@@ -17,28 +17,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "vlm3r-test"
 
 
-@pytest.fixture(scope="module")
-def gcs():
-    pytest.importorskip("gcsfs")
-    pytest.importorskip("gcp_storage_emulator")
+def start_emulator(extra_env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """(process, URL) of a fresh in-memory emulator holding the empty bucket ``BUCKET``, once it
+    accepts connections (``extra_env``: e.g. tests/gcs_emulator.py's latency and request log)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), "start", "--host", "127.0.0.1",
                              "--port", str(port), "--in-memory", "--default-bucket", BUCKET],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+                            env={**os.environ, **(extra_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    pytest.importorskip("gcsfs")
+    pytest.importorskip("gcp_storage_emulator")
+    proc, url = start_emulator()
     env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_CLOUD_PROJECT": "test",
            "GCE_METADATA_HOST": "127.0.0.1:1", "JAX_PLATFORMS": "cpu"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         yield env
     finally:
         proc.terminate()
