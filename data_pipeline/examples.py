@@ -26,6 +26,7 @@ from data_pipeline.sources import BadRecordError, is_error
 from data_pipeline.tokenizer import QwenTokenizer
 from data_pipeline.video import DecodedVideo, VideoError, load_video
 from data_pipeline.views import ViewConfig, make_views
+from vlm3r_jax import storage
 from vlm3r_jax.models.vlm3r import spatial_parts
 
 
@@ -90,7 +91,7 @@ class PrepareExample:
     def _geometry_tokens(self, path: str, num_frames: int) -> np.ndarray:
         """Cached CUT3R tokens of one video -> float32 [F, G, Dg] per ``geometry_select``."""
         cfg = self.cfg
-        entry = geometry_cache.entry_path(cfg.geometry_cache, os.path.relpath(path, cfg.video_root))
+        entry = geometry_cache.entry_path(cfg.geometry_cache, storage.relpath(path, cfg.video_root))
         tokens = geometry_cache.read_entry(entry, cfg.geometry_key, path)
         if tokens.shape[0] != num_frames:
             raise geometry_cache.GeometryCacheError(

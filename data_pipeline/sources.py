@@ -13,7 +13,7 @@
 
 Every source returns one normalised record dict::
 
-    {"id", "video" (absolute path), "conversations" (human/gpt turns, the last gpt turn is the
+    {"id", "video" (absolute path, or a URI under a URI root), "conversations" (human/gpt turns, the last gpt turn is the
      answer), "question_type", "data_source", "scene_name", "answer", "options", "file", "line"}
 
 Bad records never raise in the default mode: ``__getitem__`` returns ``{"error": kind,
@@ -25,6 +25,7 @@ mistyped field), ``missing_placeholder`` (first human turn without ``<image>``).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.tokenizer import IMAGE_TOKEN
+from vlm3r_jax import storage
 
 # thinking-in-space lmms_eval task lists (vsibench/utils.py, vstibench/utils.py).
 VSI_MC_TYPES = (
@@ -65,12 +67,14 @@ def path_under_root(root: str, rel: str) -> str | None:
     """``root/rel`` normalised, or None when ``rel`` is absolute or climbs out of ``root`` with
     ``..``: an annotation file may only name videos inside its dataset (a record's
     ``../../../../etc/passwd`` must not be opened). The check is on the path as written;
-    symlinks inside the dataset are the dataset owner's choice and are followed."""
-    if not rel or os.path.isabs(rel) or "\0" in rel:
+    symlinks inside the dataset are the dataset owner's choice and are followed. ``root`` may be
+    a URI (``gs://bucket/data``): ``rel`` then stays under that prefix of that bucket."""
+    if not rel or os.path.isabs(rel) or storage.is_uri(rel) or "\0" in rel:
         return None
-    root = os.path.abspath(root)
-    full = os.path.normpath(os.path.join(root, rel))
-    return full if full == root or full.startswith(root.rstrip(os.sep) + os.sep) else None
+    root = storage.normpath(storage.absolute(root))
+    full = storage.normpath(storage.join(root, rel))
+    sep = "/" if storage.is_uri(root) else os.sep
+    return full if full == root or full.startswith(root.rstrip(sep) + sep) else None
 
 
 def is_error(record: dict) -> bool:
@@ -85,12 +89,15 @@ def benchmark_prompt(question: str, options: Sequence[str] | None, multiple_choi
 
 
 class _LineFile:
-    """Byte offsets of the non-blank lines of a text file (JSONL), read lazily per record."""
+    """Byte offsets of the non-blank lines of a text file (JSONL), read lazily per record. A URI's
+    file is held in memory instead (a ranged read per record would be one request each), and
+    travels to Grain workers with the source."""
 
     def __init__(self, path: str):
-        self.path = os.path.abspath(path)
+        self.path = storage.absolute(path)
+        self.data = storage.read_bytes(self.path) if storage.is_uri(self.path) else None
         starts, lines = [], []
-        with open(self.path, "rb") as f:
+        with io.BytesIO(self.data) if self.data is not None else open(self.path, "rb") as f:
             pos = 0
             for n, raw in enumerate(f, start=1):
                 if raw.strip():
@@ -104,7 +111,7 @@ class _LineFile:
         return len(self.starts)
 
     def read(self, i: int) -> bytes:
-        with open(self.path, "rb") as f:
+        with io.BytesIO(self.data) if self.data is not None else open(self.path, "rb") as f:
             f.seek(int(self.starts[i]))
             return f.readline()
 
@@ -113,10 +120,10 @@ class _JsonRecords:
     """A JSON list or a JSONL file as (raw record | bytes, line) pairs."""
 
     def __init__(self, path: str):
-        self.path = os.path.abspath(path)
-        if not os.path.exists(self.path):
-            raise FileNotFoundError(f"annotation file {self.path} does not exist")
-        with open(self.path, "rb") as f:
+        self.path = storage.absolute(path)
+        if not storage.exists(self.path):
+            raise FileNotFoundError(f"annotation file {self.path} does not exist ({storage.why_missing(self.path)})")
+        with storage.open_read(self.path) as f:
             head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()  # editors on Windows write a BOM
         self.jsonl = not head.startswith(b"[")
         if self.jsonl:
@@ -126,8 +133,7 @@ class _JsonRecords:
                 self._refuse_single_object()
         else:
             try:
-                with open(self.path, encoding="utf-8-sig") as f:
-                    items = json.load(f)
+                items = json.loads(storage.read_bytes(self.path).decode("utf-8-sig"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 # A broken JSON *list* has no per-record boundary to skip to.
                 raise ValueError(
@@ -139,8 +145,7 @@ class _JsonRecords:
     def _refuse_single_object(self) -> None:
         """A pretty-printed JSON object would otherwise become one bad record per line."""
         try:
-            with open(self.path, encoding="utf-8-sig") as f:
-                whole = json.load(f)
+            whole = json.loads((self.lines.data or storage.read_bytes(self.path)).decode("utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             return  # a JSONL file whose first record is broken: skipped record by record
         raise ValueError(f"{self.path} holds one JSON {type(whole).__name__}, not records: expected a JSON list "
@@ -174,7 +179,7 @@ class _Source:
             raise ValueError("no annotation files given")
         self.files = [_JsonRecords(os.fspath(p)) for p in paths]
         self.offsets = np.cumsum([0] + [len(f) for f in self.files])
-        self.video_root = os.path.abspath(video_root)
+        self.video_root = storage.absolute(video_root)
         self.strict = strict
 
     def __len__(self) -> int:

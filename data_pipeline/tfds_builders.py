@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipeline.sources import make_source
+from vlm3r_jax import storage
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class TfdsSource:
 
     def __init__(self, data_source: Any, video_root: str):
         self.ds = data_source
-        self.video_root = os.path.abspath(video_root)
+        self.video_root = storage.absolute(video_root)
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -122,7 +123,7 @@ class TfdsSource:
         txt = {k: (v.decode("utf-8") if isinstance(v, bytes) else v) for k, v in r.items()}
         return {
             **{k: txt[k] for k in _TEXT_FIELDS},
-            "video": os.path.join(self.video_root, txt["video"]),
+            "video": storage.join(self.video_root, txt["video"]),
             "conversations": json.loads(txt["conversations"]),
             "options": json.loads(txt["options"]),
             "file": txt["file"],

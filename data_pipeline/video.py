@@ -14,19 +14,28 @@ by the tests and the naive benchmark baseline.
 
 A directory of frame images (jpg/png/...) is a video too: frames sorted by file name, times
 ``idx / frames_dir_fps`` (the reference uses 2 fps for frame folders).
+
+A ``gs://`` (any ``etils.epath`` URI) video is decoded from a local copy that
+:mod:`vlm3r_jax.fetch_cache` downloads once and bounds (:func:`video_input`); streaming it through
+ranged reads costs hundreds of requests per video (the measurement is in that module).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
+import io
 import itertools
 import os
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 import av
 import numpy as np
 from PIL import Image
+
+from vlm3r_jax import fetch_cache, storage
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -66,13 +75,40 @@ def sample_indices(total: int, num_frames: int) -> np.ndarray:
 
 
 # --- container helpers -----------------------------------------------------------------------
-def _open(path: str) -> av.container.InputContainer:
-    if not os.path.exists(path):
-        raise VideoError(path, "file does not exist; check the video root / record path", kind="missing_file")
-    if os.path.getsize(path) == 0:
+# What PyAV opens: a local path, or an open local copy of a URI's object (see video_input).
+Source = str | BinaryIO
+
+
+@contextlib.contextmanager
+def video_input(path: str) -> Iterator[Source]:
+    """The source PyAV reads for ``path``: the path itself, or for a URI an open local copy from
+    :mod:`vlm3r_jax.fetch_cache`. A missing object or bucket is a ``missing_file`` :class:`VideoError`;
+    a URI that is a directory (frame images) raises ``IsADirectoryError``."""
+    if not storage.is_uri(path):
+        yield path
+        return
+    stack = contextlib.ExitStack()
+    try:
+        f = stack.enter_context(fetch_cache.open_local(path))
+    except FileNotFoundError as e:
+        raise VideoError(path, f"{str(e).removeprefix(path + ': ')}; check the video root / record path",
+                         kind="missing_file") from None
+    with stack:
+        yield f
+
+
+def _open(path: str, src: Source | None = None) -> av.container.InputContainer:
+    if src is None or isinstance(src, str):
+        if not os.path.exists(path):
+            raise VideoError(path, "file does not exist; check the video root / record path", kind="missing_file")
+        size = os.path.getsize(path)
+    else:
+        size = src.seek(0, os.SEEK_END)
+        src.seek(0)  # the same open copy serves the index pass and the decode pass
+    if size == 0:
         raise VideoError(path, "file is empty (0 bytes)", kind="empty_video")
     try:
-        c = av.open(path)
+        c = av.open(path if src is None else src)
     except (av.error.FFmpegError, OSError) as e:
         raise VideoError(path, f"cannot open container ({e})") from e
     if not c.streams.video:
@@ -100,9 +136,10 @@ class PacketIndex:
     key_seek: dict[int, int]
 
 
-def index_packets(path: str) -> tuple[PacketIndex, float]:
-    """Demuxes (no decoding) to list frame pts and keyframes; returns (index, fps)."""
-    c = _open(path)
+def index_packets(path: str, src: Source | None = None) -> tuple[PacketIndex, float]:
+    """Demuxes (no decoding) to list frame pts and keyframes; returns (index, fps). ``src``: what
+    to read instead of ``path`` (see :func:`video_input`)."""
+    c = _open(path, src)
     try:
         stream = c.streams.video[0]
         fps = _fps(stream, path)
@@ -195,19 +232,20 @@ def _decode_pts(
 
 def read_frames(
     path: str, indices: Sequence[int], index: PacketIndex | None = None, skip_nonref: bool = True,
-    threads: int = 0,
+    threads: int = 0, src: Source | None = None,
 ) -> np.ndarray:
     """uint8 [len(indices), H, W, 3] of the given frame indices (any order, repeats allowed),
     decoding at most one GOP per wanted frame and skipping non-reference frames that are not
     wanted (``skip_nonref``; a frame it misses is decoded again without skipping).
-    ``threads``: decoder threads, 0 = FFmpeg's choice (about one per core)."""
+    ``threads``: decoder threads, 0 = FFmpeg's choice (about one per core). ``src``: as for
+    :func:`index_packets`."""
     if index is None:
-        index, _ = index_packets(path)
+        index, _ = index_packets(path, src)
     want = sorted(set(int(i) for i in indices))
     if want and (want[0] < 0 or want[-1] >= len(index.pts)):
         raise IndexError(f"{path}: frame index out of range 0..{len(index.pts) - 1}: {want[0]}..{want[-1]}")
     want_pts = [index.pts[i] for i in want]
-    c = _open(path)
+    c = _open(path, src)
     try:
         c.streams.video[0].thread_type = "AUTO"
         if threads > 0:
@@ -220,7 +258,7 @@ def read_frames(
     finally:
         c.close()
     if missing:  # seeking is unreliable in this container (e.g. MPEG-PS): one linear pass, no seeks
-        c = _open(path)
+        c = _open(path, src)
         try:
             need = set(missing)
             for frame in c.decode(video=0):
@@ -268,15 +306,15 @@ def read_frames_full(path: str, indices: Sequence[int] | None = None) -> np.ndar
 
 # --- frame directories -----------------------------------------------------------------------
 def list_frame_files(path: str) -> list[str]:
-    files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTS))
+    files = [f for f in storage.listdir(path) if f.lower().endswith(IMAGE_EXTS)]
     if not files:
         raise VideoError(path, f"frame directory has no images ({', '.join(IMAGE_EXTS)})", kind="empty_video")
-    return [os.path.join(path, f) for f in files]
+    return [storage.join(path, f) for f in files]
 
 
 def _read_image(path: str) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path) as im:
             return np.asarray(im.convert("RGB"))
     except Image.DecompressionBombError as e:  # not an OSError: Pillow refuses to inflate it at all
         raise VideoError(path, f"frame image is too large to decode safely ({e}); resize the frames") from e
@@ -287,21 +325,31 @@ def _read_image(path: str) -> np.ndarray:
 # --- the entry point -------------------------------------------------------------------------
 def load_video(path: str, num_frames: int = 32, frames_dir_fps: float = 2.0, decode_threads: int = 0) -> DecodedVideo:
     """N uniformly sampled RGB frames of a video file or a frame directory (``decode_threads``: see
-    :func:`read_frames`)."""
+    :func:`read_frames`; a URI's video is read from its local copy, :func:`video_input`)."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        files = list_frame_files(path)
-        idx = sample_indices(len(files), num_frames)
-        cache: dict[int, np.ndarray] = {}
-        frames = [cache.setdefault(int(i), _read_image(files[int(i)])) if int(i) not in cache else cache[int(i)]
-                  for i in idx]
-        shapes = {f.shape for f in frames}
-        if len(shapes) != 1:
-            raise VideoError(path, f"frame images have different sizes {sorted(shapes)}; resize them to one size")
-        fps = float(frames_dir_fps)
-        return DecodedVideo(np.stack(frames), idx, idx / fps, len(files) / fps, len(files), fps)
-    index, fps = index_packets(path)
+    if storage.is_uri(path):
+        try:
+            with video_input(path) as src:
+                return _load_file(path, src, num_frames, decode_threads)
+        except IsADirectoryError:
+            pass  # a folder of frame images
+    elif not os.path.isdir(path):
+        return _load_file(path, None, num_frames, decode_threads)
+    files = list_frame_files(path)
+    idx = sample_indices(len(files), num_frames)
+    cache: dict[int, np.ndarray] = {}
+    frames = [cache.setdefault(int(i), _read_image(files[int(i)])) if int(i) not in cache else cache[int(i)]
+              for i in idx]
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise VideoError(path, f"frame images have different sizes {sorted(shapes)}; resize them to one size")
+    fps = float(frames_dir_fps)
+    return DecodedVideo(np.stack(frames), idx, idx / fps, len(files) / fps, len(files), fps)
+
+
+def _load_file(path: str, src: Source | None, num_frames: int, decode_threads: int) -> DecodedVideo:
+    index, fps = index_packets(path, src)
     total = len(index.pts)
     idx = sample_indices(total, num_frames)
-    frames = read_frames(path, idx, index, threads=decode_threads)
+    frames = read_frames(path, idx, index, threads=decode_threads, src=src)
     return DecodedVideo(frames, idx, idx / fps, total / fps, total, fps)

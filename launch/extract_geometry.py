@@ -1,7 +1,8 @@
 """Offline CUT3R feature cache: ``python -m launch.extract_geometry --config configs/cut3r_512_dpt.py
 --videos DIR --out DIR [--config.checkpoint=PATH] [--config.extract.format=npz]``.
 
-For every video under ``--videos`` (recursively) it writes ``<out>/<relative path>.safetensors`` (or
+For every video under ``--videos`` (recursively; a local dir or a URI such as ``gs://bucket/videos``,
+whose videos are decoded from a bounded local copy, ``vlm3r_jax/fetch_cache.py``) it writes ``<out>/<relative path>.safetensors`` (or
 ``.npz``) holding ``camera_tokens`` [F, 1, D] and ``patch_tokens`` [F, N, D] in
 ``config.extract.out_dtype`` - the same two tensors as the official VLM-3R cache
 (``scripts/extract_spatial_features.py``). Frames come from the training pipeline's decoder
@@ -78,10 +79,13 @@ def load_feature_cache(path: str) -> np.ndarray:
 
 
 def iter_videos(root: str, exts: tuple[str, ...]) -> Iterator[str]:
-    for d, _, files in sorted(os.walk(root)):
-        for f in sorted(files):
-            if f.lower().endswith(tuple(exts)):
-                yield os.path.relpath(os.path.join(d, f), root)
+    """Paths relative to ``root`` (a dir or a URI) of its files ending in ``exts``."""
+    from vlm3r_jax import storage
+
+    if not storage.isdir(root):
+        why = f" ({storage.why_missing(root)})" if storage.is_uri(root) else ""
+        raise FileNotFoundError(f"videos directory {root} does not exist{why}")
+    yield from (rel for rel in storage.walk_files(root) if rel.lower().endswith(tuple(exts)))
 
 
 def geometry_handle(config):
@@ -130,7 +134,7 @@ def extract(config, videos: str, out: str, limit: int = 0, overwrite: bool = Fal
         geometry_cache.write_manifest(out, key, overwrite=overwrite)
     written = []
     for rel in tqdm(pending, desc="CUT3R features", unit="video"):
-        src = os.path.join(videos, rel)
+        src = storage.join(videos, rel)
         video = load_video(src, ex.num_frames, ex.get("frames_dir_fps", 2.0))
         pixels = siglip_view(video.frames, ViewConfig(ex.siglip_size, None))
         tok = geo.tokens_from_siglip_pixels(pixels, tuple(ex.cut3r_size))

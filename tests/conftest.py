@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
+from _gcs import gcs  # noqa: E402, F401 - the GCS emulator fixture, for every module that asks for it
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
 

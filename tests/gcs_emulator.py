@@ -2,13 +2,19 @@
 --in-memory``) with two fixes that make it look like real GCS to tensorstore (Orbax's GCS driver):
 object generations are microsecond timestamps (the emulator stamps nanoseconds), and a media
 download carries the ``x-goog-generation`` header (the emulator omits it; tensorstore then reports a
-"Malformed StorageGeneration")."""
+"Malformed StorageGeneration").
 
+For measurements (bench/remote_video.py): ``GCS_EMULATOR_LATENCY_MS`` delays every request (a real
+bucket answers in tens of ms, this in-memory one in well under one) and ``GCS_EMULATOR_LOG`` names a
+file that gets one line per request (method, path, Range header)."""
+
+import os
 import sys
 import time
 import types
 
 import gcp_storage_emulator.handlers.objects as objects
+import gcp_storage_emulator.server as server
 
 objects.time = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
 objects.time.time_ns = lambda: time.time_ns() // 1000
@@ -26,6 +32,22 @@ def _download_with_generation(request, response, storage, *args, **kwargs):
 
 
 objects.download = _download_with_generation
+_handle = server.Router.handle
+_LATENCY_S = float(os.environ.get("GCS_EMULATOR_LATENCY_MS", "0")) / 1000
+_LOG = os.environ.get("GCS_EMULATOR_LOG")
+
+
+def _handle_measured(self, method):
+    if _LATENCY_S:
+        time.sleep(_LATENCY_S)
+    if _LOG:
+        h = self._request_handler
+        with open(_LOG, "a") as f:
+            f.write(f"{method} {h.path} {h.headers.get('Range', '-')}\n")
+    return _handle(self, method)
+
+
+server.Router.handle = _handle_measured
 
 from gcp_storage_emulator.__main__ import main  # noqa: E402 - after the patch: its route table binds handlers
 

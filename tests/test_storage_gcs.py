@@ -8,10 +8,8 @@ live in the bucket; an unwritable location fails in one line. Skipped without th
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,39 +17,7 @@ import pytest
 pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUCKET = "vlm3r-test"
-
-
-@pytest.fixture(scope="module")
-def gcs():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--in-memory", "--default-bucket", BUCKET],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_CLOUD_PROJECT": "test",
-           "GCE_METADATA_HOST": "127.0.0.1:1", "JAX_PLATFORMS": "cpu"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+from _gcs import BUCKET, ROOT  # noqa: E402 - the ``gcs`` fixture (conftest.py) starts the emulator
 
 
 def _run(env, workdir, steps, crash_at=None):

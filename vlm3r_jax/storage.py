@@ -8,7 +8,11 @@ outputs and the geometry cache can live on ``gs://`` (or anything ``etils.epath`
 | atomic file write | temp name + ``os.replace`` | one object write (object stores publish an object whole) |
 | append a line (:class:`LineLog`) | ``O_APPEND`` | rewrite the object whole, kept in memory (object stores have no append) |
 | a tree written by a local-only writer | written in place | written to a local temp dir, then copied |
+| a path inside a root (:func:`normpath`) | ``os.path.normpath`` | the part after ``scheme://`` normalised, the ``//`` kept |
+| a missing file (:func:`open_read`) | ``FileNotFoundError`` | ``FileNotFoundError`` naming the URI and whether the bucket is there |
 
+Reading whole objects that a local-only reader (PyAV, ...) must seek in goes through
+:mod:`vlm3r_jax.fetch_cache` (a bounded local copy), not through ranged reads.
 ``gs://`` needs ``gcsfs`` (the ``gcs`` extra); Orbax reaches ``gs://`` through tensorstore itself.
 """
 
@@ -16,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from etils import epath
 
@@ -40,6 +46,73 @@ def join(base: str, *parts: str) -> str:
 
 def exists(path: str) -> bool:
     return epath.Path(path).exists()
+
+
+def isdir(path: str) -> bool:
+    return os.path.isdir(path) if not is_uri(path) else epath.Path(path).is_dir()
+
+
+def isfile(path: str) -> bool:
+    return os.path.isfile(path) if not is_uri(path) else epath.Path(path).is_file()
+
+
+def normpath(path: str) -> str:
+    """``os.path.normpath`` that keeps a URI's ``scheme://`` (normpath would fold it to ``scheme:/``);
+    ``..`` never climbs above the bucket."""
+    p = os.fspath(path)
+    if not is_uri(p):
+        return os.path.normpath(p)
+    scheme, _, rest = p.partition("://")
+    return f"{scheme}:/{posixpath.normpath('/' + rest)}"
+
+
+def relpath(path: str, root: str) -> str:
+    """``path`` relative to ``root`` (for a URI: the part after ``root/``)."""
+    if not is_uri(path):
+        return os.path.relpath(path, root)
+    base = normpath(root).rstrip("/") + "/"
+    full = normpath(path)
+    if not full.startswith(base):
+        raise ValueError(f"{path} is not under {root}")
+    return full[len(base):]
+
+
+def why_missing(path: str) -> str:
+    """Why ``path`` cannot be read, in a few words: for a URI, whether its bucket is there at all."""
+    if not is_uri(path):
+        return "no such file"
+    scheme, _, rest = os.fspath(path).partition("://")
+    bucket = f"{scheme}://{rest.split('/', 1)[0]}"
+    with contextlib.suppress(Exception):  # the probe's own failure (403, no network) says no more
+        if not epath.Path(bucket).exists():
+            return f"no such object (bucket {bucket} does not exist or is not readable)"
+    return "no such object"
+
+
+def open_read(path: str) -> BinaryIO:
+    """A binary file object; a missing file or object is a one-line ``FileNotFoundError``."""
+    try:
+        return open(path, "rb") if not is_uri(path) else epath.Path(path).open("rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {why_missing(path)}") from None
+
+
+def listdir(path: str) -> list[str]:
+    """The sorted entry names of a directory (a bucket prefix)."""
+    return sorted(os.listdir(path)) if not is_uri(path) else sorted(p.name for p in epath.Path(path).iterdir())
+
+
+def walk_files(root: str) -> list[str]:
+    """Every file under ``root`` as a path relative to it, directory by directory in sorted order
+    (``sorted(os.walk(root))``; on a bucket, the listing of its objects)."""
+    if not is_uri(root):
+        return [os.path.relpath(os.path.join(d, f), root) for d, _, files in sorted(os.walk(root))
+                for f in sorted(files)]
+    bare = os.fspath(root).partition("://")[2].rstrip("/")
+    # epath's walk drops the scheme from the directories it yields (``bucket/dir``); either form works here
+    tree = sorted((posixpath.relpath(os.fspath(d).partition("://")[2] or os.fspath(d), bare), f)
+                  for d, _, f in epath.Path(root).walk())
+    return [posixpath.normpath(posixpath.join(d, f)) for d, files in tree for f in sorted(files)]
 
 
 def makedirs(path: str) -> None:

@@ -7,7 +7,6 @@ tokenise for a model), in Grain worker processes when asked. Records already ans
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,7 +14,9 @@ import av
 import grain
 
 from data_pipeline.pipeline import ensure_absl_flags
+from data_pipeline.video import video_input
 from data_pipeline.worker_lifetime import exit_with_parent
+from vlm3r_jax import storage
 from vlm3r_jax.eval import prompts
 
 VIDEO_CHECKS = ("none", "exists", "open")
@@ -23,16 +24,16 @@ VIDEO_CHECKS = ("none", "exists", "open")
 
 def check_video(path: str | None, mode: str = "exists") -> str | None:
     """Why the video cannot be used (None when fine). ``mode``: "none" (skip), "exists" (a file is
-    there), "open" (PyAV opens it and decodes one frame)."""
+    there), "open" (PyAV opens it and decodes one frame). ``path`` may be a URI (``gs://``)."""
     if mode not in VIDEO_CHECKS:
         raise ValueError(f"check_videos={mode!r}; expected one of {VIDEO_CHECKS}")
     if mode == "none":
         return None
-    if not path or not os.path.isfile(path):
+    if not path or not storage.isfile(path):
         return f"video missing: {path}"
     if mode == "open":
         try:
-            with av.open(path) as container:
+            with video_input(path) as src, av.open(src) as container:
                 if not container.streams.video:
                     return f"video unreadable: {path} has no video stream"
                 next(container.decode(video=0))

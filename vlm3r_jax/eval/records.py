@@ -14,17 +14,21 @@ and the runner counts it as a failure.
 benchmark directory: JSONL files are indexed by line offsets with the reader of the training
 sources (:mod:`data_pipeline.sources`), so a record is parsed only when it is read (also inside
 Grain worker processes). :func:`load_records` is the list of all its records.
+
+The directory may be a URI (``gs://bucket/VSI-Bench``): the records file is read through
+:mod:`vlm3r_jax.storage`, and video paths stay under the root URI.
 """
 
 from __future__ import annotations
 
-import glob
+import io
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from data_pipeline.sources import _JsonRecords, path_under_root
+from vlm3r_jax import storage
 from vlm3r_jax.eval import tasks
 
 RECORD_FILE_CANDIDATES = ("test.jsonl", "test.json", "{benchmark}.jsonl", "{benchmark}.json",
@@ -35,10 +39,10 @@ def find_records_file(root: str, benchmark: str) -> str:
     """The records file of a benchmark directory (first of RECORD_FILE_CANDIDATES, else the only
     .jsonl/.json/.parquet at the top level)."""
     for pattern in RECORD_FILE_CANDIDATES:
-        hits = sorted(glob.glob(os.path.join(root, pattern.format(benchmark=benchmark))))
+        hits = storage.glob(root, pattern.format(benchmark=benchmark))
         if hits:
             return hits[0]
-    hits = sorted(p for ext in ("jsonl", "json", "parquet") for p in glob.glob(os.path.join(root, f"*.{ext}")))
+    hits = sorted(p for ext in ("jsonl", "json", "parquet") for p in storage.glob(root, f"*.{ext}"))
     if len(hits) == 1:
         return hits[0]
     raise FileNotFoundError(
@@ -55,8 +59,9 @@ def read_records_file(path: str) -> list[dict[str, Any]]:
             import pyarrow.parquet as pq
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError(f"reading {path} needs pyarrow (pip install pyarrow), or convert it to .jsonl") from e
-        return pq.read_table(path).to_pylist()
-    with open(path, encoding="utf-8") as f:
+        with storage.open_read(path) as f:
+            return pq.read_table(f).to_pylist()
+    with io.TextIOWrapper(storage.open_read(path), encoding="utf-8") as f:
         if path.endswith(".jsonl"):
             out = []
             for n, line in enumerate(f, 1):
@@ -139,12 +144,12 @@ class BenchmarkRecords:
 
     def __init__(self, root: str, benchmark: str = "vsibench", records_file: str | None = None, limit: int = 0):
         self.benchmark = tasks.check_benchmark(benchmark)
-        if not os.path.isdir(root):
+        if not storage.isdir(root):
             raise FileNotFoundError(f"benchmark directory {root!r} does not exist (config.data_root)")
         path = records_file or find_records_file(root, benchmark)
-        if not os.path.isabs(path) and not os.path.exists(path):
-            path = os.path.join(root, path)
-        if not os.path.exists(path):
+        if not os.path.isabs(path) and not storage.is_uri(path) and not os.path.exists(path):
+            path = storage.join(root, path)
+        if not storage.exists(path):
             raise FileNotFoundError(f"records file {path!r} does not exist (config.records)")
         self.root, self.path = root, path
         self._lines: _JsonRecords | None = None

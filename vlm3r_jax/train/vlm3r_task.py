@@ -142,9 +142,9 @@ def pipeline_config(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, mode: str
 
 def train_iterator(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, tok: QwenTokenizer, geometry_key: str = ""):
     d = cfg.data
-    if not d.root or not os.path.isdir(d.root):
+    if not d.root or not storage.isdir(d.root):
         raise FileNotFoundError(f"config.data.root={d.root!r} is not a directory (make one with data_pipeline.make_dataset)")
-    files = [f if os.path.isabs(f) else os.path.join(d.root, f) for f in d.train_files]
+    files = [f if os.path.isabs(f) or storage.is_uri(f) else storage.join(d.root, f) for f in d.train_files]
     source = make_source(d.source_kind, files, video_root=d.root)
     return make_iterator(source, tok, pipeline_config(cfg, vcfg, "train", geometry_key))
 
