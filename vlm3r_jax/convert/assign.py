@@ -1,12 +1,16 @@
-"""Fill a model's parameters from a :class:`TensorSource` through a name map.
+"""The name map between a model's parameters and a checkpoint's tensors, used both ways.
 
 A converter describes, for every parameter path of our model (``"layers.0.attn.q.kernel"``),
-which source tensor(s) it comes from and how to transform them (:class:`Src`). Layer stacks
-(:mod:`vlm3r_jax.layers.scan`) hold ``layers.attn.q.kernel`` as one ``[L, ...]`` array; name
-maps still speak per layer, and one stacked target is filled from its L per-layer tensors. This module
-does the rest once for every network: streaming one tensor at a time into the target dtype
-and sharding, and collecting every missing, mis-shaped and unexpected tensor into a single
-:class:`CheckpointError` that names the files involved.
+which source tensor it comes from and how its layout differs (:class:`Src` with a
+:class:`Layout`: identity, transpose, a conv permutation, row block i of n of a packed tensor, the
+first n rows). :func:`load_state` reads a checkpoint through the map; :func:`export_tensors`
+writes our parameters back through the same map, inverting each layout (packed blocks are
+concatenated in order), so names and transforms are written down once per network. Layer stacks
+(:mod:`vlm3r_jax.layers.scan`) hold ``layers.attn.q.kernel`` as one ``[L, ...]`` array; name maps
+still speak per layer, and one stacked target is filled from (or split into) its L per-layer
+tensors. Loading streams one tensor at a time into the target dtype and sharding, and collects
+every missing, mis-shaped and unexpected tensor into a single :class:`CheckpointError` that names
+the files involved.
 """
 
 from __future__ import annotations
@@ -26,23 +30,114 @@ from vlm3r_jax.convert.sources import TensorSource
 from vlm3r_jax.layers.scan import is_stacked, per_layer_name
 
 
-def identity(x: np.ndarray) -> np.ndarray:
-    return x
+# --- invertible layout ops ----------------------------------------------------------------------
+class Layout:
+    """How a checkpoint tensor's layout differs from our parameter's: ``load`` (reference -> ours)
+    and its inverse ``save``. Calling a Layout loads, so it is a :class:`Src` ``fn`` as is."""
+
+    block: tuple[int, int] | None = None  # (i, n): our parameter is row block i of n of the tensor
+    lossy = False  # load drops data that only the original tensor can give back (see refill)
+
+    def load(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def refill(self, saved: np.ndarray, original: np.ndarray) -> np.ndarray:
+        """``saved`` completed with what ``load`` dropped from ``original`` (only lossy layouts)."""
+        return saved
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.load(x)
 
 
-def transpose(x: np.ndarray) -> np.ndarray:
-    """PyTorch Linear ``[out, in]`` -> our kernel ``[in, out]``."""
-    return np.swapaxes(x, -1, -2)
+@dataclasses.dataclass(frozen=True)
+class Identity(Layout):
+    def load(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def save(self, y: np.ndarray) -> np.ndarray:
+        return y
 
 
-def conv_oihw_to_hwio(x: np.ndarray) -> np.ndarray:
-    """PyTorch Conv2d ``[out, in, kh, kw]`` -> JAX ``[kh, kw, in, out]``."""
-    return np.transpose(x, (2, 3, 1, 0))
+@dataclasses.dataclass(frozen=True)
+class Transpose(Layout):
+    """PyTorch Linear ``[out, in]`` <-> our kernel ``[in, out]`` (the last two axes swapped)."""
+
+    def load(self, x: np.ndarray) -> np.ndarray:
+        return np.swapaxes(x, -1, -2)
+
+    def save(self, y: np.ndarray) -> np.ndarray:
+        return np.swapaxes(y, -1, -2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Permute(Layout):
+    """Axes permutation: ours = ``np.transpose(reference, axes)``."""
+
+    axes: tuple[int, ...]
+
+    def load(self, x: np.ndarray) -> np.ndarray:
+        return np.transpose(x, self.axes)
+
+    def save(self, y: np.ndarray) -> np.ndarray:
+        return np.transpose(y, tuple(int(a) for a in np.argsort(self.axes)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Block(Layout):
+    """Row block ``i`` of ``n`` equal blocks of a packed tensor (torch ``nn.MultiheadAttention``'s
+    ``in_proj_weight`` [3d, d] holds q, k, v), then ``inner``. Export concatenates the n blocks."""
+
+    i: int
+    n: int
+    inner: Layout = Identity()
+
+    @property
+    def block(self) -> tuple[int, int]:
+        return (self.i, self.n)
+
+    def load(self, x: np.ndarray) -> np.ndarray:
+        d = x.shape[0] // self.n
+        return self.inner.load(x[self.i * d:(self.i + 1) * d])
+
+    def save(self, y: np.ndarray) -> np.ndarray:
+        return self.inner.save(y)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows(Layout):
+    """The first ``n`` rows, then ``inner`` (a vocabulary cut to ``len(tokenizer)`` as HF
+    ``resize_token_embeddings`` does). Export writes the n rows; :meth:`refill` appends the rows
+    past n from the original tensor."""
+
+    n: int
+    inner: Layout = Identity()
+    lossy = True
+
+    def load(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.load(x[: self.n])
+
+    def save(self, y: np.ndarray) -> np.ndarray:
+        return self.inner.save(y)
+
+    def refill(self, saved: np.ndarray, original: np.ndarray) -> np.ndarray:
+        if original.shape[0] <= saved.shape[0]:
+            return saved
+        return np.concatenate([saved, np.asarray(original[saved.shape[0]:]).astype(saved.dtype)], axis=0)
+
+
+identity = Identity()
+transpose = Transpose()
+conv_oihw_to_hwio = Permute((2, 3, 1, 0))  # PyTorch Conv2d [out, in, kh, kw] <-> JAX [kh, kw, in, out]
 
 
 @dataclasses.dataclass(frozen=True)
 class Src:
-    """Where one parameter comes from: source key(s) and a transform applied to the array(s)."""
+    """Where one parameter comes from: source key(s) and a transform applied to the array(s). A
+    single key with a :class:`Layout` is invertible (exportable); several keys or a plain function
+    are a value computed on load only (e.g. LoRA merged into a kernel)."""
 
     keys: str | tuple[str, ...]
     fn: Callable[..., np.ndarray] = identity
@@ -180,3 +275,46 @@ def load_state(
         return v
 
     return jax.tree_util.tree_map_with_path(put, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def export_tensors(state: Any, mapping: Mapping[str, Src], *, fill: TensorSource | None = None,
+                   what: str = "export") -> dict[str, np.ndarray]:
+    """``{reference key: numpy array}`` of the parameters of a concrete ``state``: the inverse of
+    :func:`load_state` through the same ``mapping`` (each :class:`Layout` saved back, packed row
+    blocks concatenated in order). Entries for parameters ``state`` lacks are skipped, as on load.
+    ``fill`` (the original checkpoint) gives back what lossy layouts dropped on load (vocabulary
+    rows past ``len(tokenizer)``)."""
+    variables = flat_variables(state)
+    slots = {n: (p, i) for n, (p, i) in per_layer_slots(state).items() if isinstance(variables[p], nnx.Param)}
+    unmapped = sorted(set(slots) - set(mapping))
+    if unmapped:
+        raise CheckpointError(f"internal: no name rule for parameters {unmapped[:10]} ({what})")
+    arrays: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
+    packed: dict[str, dict[int, np.ndarray]] = {}
+    ops: dict[str, Layout] = {}
+    for name, (path, layer) in slots.items():
+        rule = mapping[name]
+        if not isinstance(rule.fn, Layout) or len(rule.key_tuple) != 1:
+            raise CheckpointError(f"internal: {name} is computed from {rule.key_tuple} on load, not renamed; it "
+                                  f"cannot be exported through the map ({what})")
+        if path not in arrays:
+            arrays[path] = np.asarray(variables[path].get_value())
+        arr = rule.fn.save(arrays[path] if layer is None else arrays[path][layer])
+        key = rule.keys
+        ops[key] = rule.fn
+        if rule.fn.block is None:
+            out[key] = arr
+        else:
+            packed.setdefault(key, {})[rule.fn.block[0]] = arr
+    for key, blocks in packed.items():
+        n = ops[key].block[1]
+        if sorted(blocks) != list(range(n)):
+            raise CheckpointError(f"internal: {key} packs {n} blocks, the state gives {sorted(blocks)} ({what})")
+        out[key] = np.concatenate([blocks[i] for i in range(n)], axis=0)
+    if fill is not None:
+        present = set(fill.keys())
+        for key, op in ops.items():
+            if op.lossy and key in present:
+                out[key] = op.refill(out[key], fill.get(key))
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}

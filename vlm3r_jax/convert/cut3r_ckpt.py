@@ -28,7 +28,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlm3r_jax.convert.assign import Src, flat_arrays, flat_variables, load_state, per_layer_slots, transpose
+from vlm3r_jax.convert.assign import (
+    Layout,
+    Permute,
+    Src,
+    conv_oihw_to_hwio,
+    export_tensors,
+    flat_variables,
+    identity,
+    load_state,
+    per_layer_slots,
+    transpose,
+)
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
@@ -224,28 +235,23 @@ def torch_name(path: str) -> str:
     return path
 
 
-def _conv_t(w: np.ndarray) -> np.ndarray:
-    return np.transpose(w, (2, 3, 0, 1))  # [in, out, kh, kw] -> [kh, kw, in, out]
+_CONV_TRANSPOSE = Permute((2, 3, 0, 1))  # torch ConvTranspose2d [in, out, kh, kw] <-> [kh, kw, in, out]
 
 
-def _conv(w: np.ndarray) -> np.ndarray:
-    return np.transpose(w, (2, 3, 1, 0))  # [out, in, kh, kw] -> [kh, kw, in, out]
-
-
-def _transform(path: str, ndim: int):
+def _layout(path: str, ndim: int) -> Layout:
+    """The layout of one (per-layer) parameter with ``ndim`` axes."""
     if path.endswith(".kernel") or path == "encoder.patch_embed.kernel":
         if ndim == 2:
-            return transpose, transpose
-        if _CONV_T.match(path):
-            return _conv_t, lambda w: np.transpose(w, (2, 3, 0, 1))
-        return _conv, lambda w: np.transpose(w, (3, 2, 0, 1))
-    return None, None
+            return transpose
+        return _CONV_TRANSPOSE if _CONV_T.match(path) else conv_oihw_to_hwio
+    return identity
 
 
 def name_map(state: Any, source_keys: set[str] | None = None) -> dict[str, Src]:
-    """``{our path: Src(reference key, transform)}`` for every variable of ``state``. With
-    ``source_keys`` given, known aliases are resolved (``scratch.layerK_rn`` for ``layer_rn.K-1``,
-    ``dec_blocks`` for a missing ``dec_blocks_state`` as the reference's load_state_dict does)."""
+    """``{our path: Src(reference key, layout)}`` for every variable of ``state``: what the loader
+    reads and :func:`export_state_dict` writes. With ``source_keys`` given, known aliases are
+    resolved (``scratch.layerK_rn`` for ``layer_rn.K-1``, ``dec_blocks`` for a missing
+    ``dec_blocks_state`` as the reference's load_state_dict does)."""
     out = {}
     variables = flat_variables(state)
     for path, (stored, layer) in per_layer_slots(state).items():
@@ -261,19 +267,14 @@ def name_map(state: Any, source_keys: set[str] | None = None) -> dict[str, Src]:
             ):
                 key = key.replace("dec_blocks_state.", "dec_blocks.", 1)
         ndim = np.ndim(var.get_value()) if hasattr(var.get_value(), "ndim") else 0
-        fn, _ = _transform(path, ndim - (layer is not None))
-        out[path] = Src(key, fn) if fn is not None else Src(key)
+        out[path] = Src(key, _layout(path, ndim - (layer is not None)))
     return out
 
 
 def export_state_dict(state: Any) -> dict[str, np.ndarray]:
     """Our parameters -> a reference-named state dict (PyTorch layouts), e.g. to write a
     ``model.safetensors`` the reference can load (ray-map weights are not included)."""
-    out = {}
-    for path, arr in flat_arrays(state).items():
-        _, inv = _transform(path, arr.ndim)
-        out[torch_name(path)] = np.ascontiguousarray(inv(arr) if inv is not None else arr)
-    return out
+    return export_tensors(state, name_map(state), what="CUT3R export")
 
 
 class _StripModule:

@@ -1,5 +1,6 @@
-"""Reference state-dict names of the fusion blocks (:mod:`vlm3r_jax.models.fusion`), both ways:
-the loader's name map (:func:`reference_mapping`) and the export (:func:`export_fusion`).
+"""Reference state-dict names of the fusion blocks (:mod:`vlm3r_jax.models.fusion`): one name
+map (:func:`reference_mapping`) that the loader reads through and the export
+(:func:`export_fusion`) writes through.
 
 Our parameter paths mirror the reference module tree; the differences are mechanical: Linear
 ``kernel`` [in, out] <-> torch ``weight`` [out, in], LayerNorm ``scale`` <-> ``weight``, and the
@@ -15,57 +16,51 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from vlm3r_jax.convert.assign import Src, flat_arrays, flat_variables
+from vlm3r_jax.convert.assign import (
+    Block,
+    Layout,
+    Src,
+    export_tensors,
+    flat_variables,
+    identity,
+    per_layer_slots,
+    transpose,
+)
+from vlm3r_jax.models.fusion import FusionConfig, build_fusion
 
 _MHA_IN = re.compile(r"^(.*\b(?:cross_attention|self_attention))\.([qkv])_proj\.(kernel|bias)$")
 
 
-def reference_name(path: str) -> tuple[str, int | None, bool]:
-    """Our param path -> (reference key, q/k/v block index or None, transpose?)."""
+def reference_name(path: str) -> tuple[str, Layout]:
+    """Our param path -> (reference key, layout)."""
     m = _MHA_IN.match(path)
     if m:
-        block = "qkv".index(m.group(2))
-        return f"{m.group(1)}.in_proj_{'weight' if m.group(3) == 'kernel' else 'bias'}", block, m.group(3) == "kernel"
+        kernel = m.group(3) == "kernel"
+        return (f"{m.group(1)}.in_proj_{'weight' if kernel else 'bias'}",
+                Block("qkv".index(m.group(2)), 3, transpose if kernel else identity))
     if path.endswith(".kernel"):
-        return path[: -len(".kernel")] + ".weight", None, True
+        return path[: -len(".kernel")] + ".weight", transpose
     if path.endswith(".scale"):
-        return path[: -len(".scale")] + ".weight", None, False
-    return path, None, False
+        return path[: -len(".scale")] + ".weight", identity
+    return path, identity
 
 
-def export_fusion(module: nnx.Module) -> dict[str, Any]:
-    """A fusion block's parameters as the reference state dict (numpy, torch layouts, no prefix)."""
-    flat = flat_arrays(nnx.state(module, nnx.Param))
-    out: dict[str, Any] = {}
-    packed: dict[str, dict[int, Any]] = {}
-    for path, arr in flat.items():
-        key, block, t = reference_name(path)
-        arr = np.swapaxes(arr, 0, 1) if t else arr
-        if block is None:
-            out[key] = np.ascontiguousarray(arr)
-        else:
-            packed.setdefault(key, {})[block] = arr
-    for key, blocks in packed.items():
-        if sorted(blocks) != [0, 1, 2]:
-            raise ValueError(f"fusion export: {key} needs q, k and v blocks, got {sorted(blocks)}")
-        out[key] = np.ascontiguousarray(np.concatenate([blocks[0], blocks[1], blocks[2]], axis=0))
+def reference_mapping(state: Any = None, prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Src]:
+    """``{our path (under ours): Src(reference key under prefix, layout)}`` for every parameter of
+    a fusion block's (abstract) ``state``, any variant; without ``state``, the released
+    cross-attention block's."""
+    if state is None:
+        state = nnx.state(nnx.eval_shape(lambda: build_fusion(FusionConfig(), rngs=nnx.Rngs(0))), nnx.Param)
+    variables = flat_variables(state)
+    out = {}
+    for path, (stored, _) in per_layer_slots(state).items():
+        if isinstance(variables[stored], nnx.Param):
+            key, op = reference_name(path)
+            out[ours + path] = Src(prefix + key, op)
     return out
 
 
-def reference_mapping(state: Any, prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Any]:
-    """``{our path (under ours): Src(reference key under prefix, transform)}`` for every parameter
-    of a fusion block's (abstract) ``state`` - the loader's name map, any variant."""
-    def pick(block: int | None, t: bool):
-        def fn(w):
-            if block is not None:
-                d = w.shape[0] // 3
-                w = w[block * d:(block + 1) * d]
-            return w.swapaxes(0, 1) if t else w
-
-        return fn
-
-    m = {}
-    for path in flat_variables(state):
-        key, block, t = reference_name(path)
-        m[ours + path] = Src(prefix + key, pick(block, t)) if (t or block is not None) else Src(prefix + key)
-    return m
+def export_fusion(module: nnx.Module) -> dict[str, np.ndarray]:
+    """A fusion block's parameters as the reference state dict (numpy, torch layouts, no prefix)."""
+    state = nnx.state(module, nnx.Param)
+    return export_tensors(state, reference_mapping(state, prefix=""), what="fusion export")

@@ -30,8 +30,7 @@ import numpy as np
 from flax import nnx
 
 from vlm3r_jax import sharding
-from vlm3r_jax.convert.assign import Src, flat_arrays, load_state, transpose
-from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.assign import Layout, Rows, Src, export_tensors, identity, load_state, transpose
 from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
 from vlm3r_jax.convert.sources import PrefixSource, TensorSource
@@ -47,53 +46,43 @@ LLAVA_QWEN_IGNORE: tuple[str, ...] = (
     r"model\.fusion_block\..*",
 )
 
-# (our suffix, HF suffix, is a kernel to transpose) per decoder layer
-_LAYER_MAP: tuple[tuple[str, str, bool], ...] = (
-    ("input_norm.scale", "input_layernorm.weight", False),
-    ("post_norm.scale", "post_attention_layernorm.weight", False),
-    ("attn.q.kernel", "self_attn.q_proj.weight", True),
-    ("attn.q.bias", "self_attn.q_proj.bias", False),
-    ("attn.k.kernel", "self_attn.k_proj.weight", True),
-    ("attn.k.bias", "self_attn.k_proj.bias", False),
-    ("attn.v.kernel", "self_attn.v_proj.weight", True),
-    ("attn.v.bias", "self_attn.v_proj.bias", False),
-    ("attn.o.kernel", "self_attn.o_proj.weight", True),
-    ("mlp.gate.kernel", "mlp.gate_proj.weight", True),
-    ("mlp.up.kernel", "mlp.up_proj.weight", True),
-    ("mlp.down.kernel", "mlp.down_proj.weight", True),
+# (our suffix, HF suffix, layout) per decoder layer
+_LAYER_MAP: tuple[tuple[str, str, Layout], ...] = (
+    ("input_norm.scale", "input_layernorm.weight", identity),
+    ("post_norm.scale", "post_attention_layernorm.weight", identity),
+    ("attn.q.kernel", "self_attn.q_proj.weight", transpose),
+    ("attn.q.bias", "self_attn.q_proj.bias", identity),
+    ("attn.k.kernel", "self_attn.k_proj.weight", transpose),
+    ("attn.k.bias", "self_attn.k_proj.bias", identity),
+    ("attn.v.kernel", "self_attn.v_proj.weight", transpose),
+    ("attn.v.bias", "self_attn.v_proj.bias", identity),
+    ("attn.o.kernel", "self_attn.o_proj.weight", transpose),
+    ("mlp.gate.kernel", "mlp.gate_proj.weight", transpose),
+    ("mlp.up.kernel", "mlp.up_proj.weight", transpose),
+    ("mlp.down.kernel", "mlp.down_proj.weight", transpose),
 )
 
 
-def hf_name_map(cfg: Qwen2Config) -> dict[str, tuple[str, bool]]:
-    """``{our param path: (HF key, transpose?)}`` for every parameter of ``Qwen2(cfg)``."""
-    out: dict[str, tuple[str, bool]] = {
-        "embed.embedding": ("model.embed_tokens.weight", False),
-        "norm.scale": ("model.norm.weight", False),
-    }
-    for i in range(cfg.num_layers):
-        for ours, theirs, t in _LAYER_MAP:
-            out[f"layers.{i}.{ours}"] = (f"model.layers.{i}.{theirs}", t)
-    if not cfg.tie_word_embeddings:
-        out["lm_head.kernel"] = ("lm_head.weight", True)
-    return out
-
-
-def load_mapping(cfg: Qwen2Config, prefix: str = "", truncate_vocab: bool = False) -> dict[str, Src]:
-    """The :func:`load_state` mapping, with HF keys under ``prefix`` (e.g. ``"language_model."``).
+def hf_mapping(cfg: Qwen2Config, prefix: str = "", truncate_vocab: bool = False) -> dict[str, Src]:
+    """``{our param path: Src(HF key under prefix, layout)}`` for every parameter of ``Qwen2(cfg)``:
+    what :func:`load_state` reads and :func:`to_hf_tensors` writes.
 
     ``truncate_vocab`` keeps only the first ``cfg.vocab_size`` rows of the embedding and LM head
-    (HF ``resize_token_embeddings`` shrinking the vocab)."""
-    mapping = {
-        ours: Src(prefix + key, transpose if t else (lambda x: x)) for ours, (key, t) in hf_name_map(cfg).items()
-    }
-    if truncate_vocab:
-        n = cfg.vocab_size
-        for path in ("embed.embedding", "lm_head.kernel"):
-            if path in mapping:
-                key, fn = mapping[path].keys, mapping[path].fn
-                # rows are the vocab in the torch layout [vocab, D], before the transpose
-                mapping[path] = Src(key, lambda x, fn=fn: fn(x[:n]))
-    return mapping
+    (HF ``resize_token_embeddings`` shrinking the vocab); an export through this map can append
+    the cut rows from the original checkpoint (``export_tensors(..., fill=)``)."""
+
+    def vocab(op: Layout) -> Layout:
+        # rows are the vocab in the torch layout [vocab, D], before the transpose
+        return Rows(cfg.vocab_size, op) if truncate_vocab else op
+
+    out = {"embed.embedding": Src(prefix + "model.embed_tokens.weight", vocab(identity)),
+           "norm.scale": Src(prefix + "model.norm.weight")}
+    for i in range(cfg.num_layers):
+        for ours, theirs, op in _LAYER_MAP:
+            out[f"layers.{i}.{ours}"] = Src(f"{prefix}model.layers.{i}.{theirs}", op)
+    if not cfg.tie_word_embeddings:
+        out["lm_head.kernel"] = Src(prefix + "lm_head.weight", vocab(transpose))
+    return out
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
@@ -166,7 +155,7 @@ def load_qwen2_state(
         ignore.append(r"lm_head\.weight")
     # Older exports carry non-persistent rotary buffers; they are recomputed here.
     ignore.append(r".*rotary_emb\.inv_freq")
-    mapping = load_mapping(cfg, truncate_vocab=truncate_vocab)
+    mapping = hf_mapping(cfg, truncate_vocab=truncate_vocab)
     return load_state(
         state,
         source,
@@ -213,15 +202,8 @@ def load_qwen2(
 
 def to_hf_tensors(state: Any, cfg: Qwen2Config, dtype: Any = None) -> dict[str, np.ndarray]:
     """Our (concrete) state -> HF ``Qwen2ForCausalLM`` state dict as numpy (optionally cast)."""
-    flat = flat_arrays(state)
-    out: dict[str, np.ndarray] = {}
-    for ours, (key, t) in hf_name_map(cfg).items():
-        if ours not in flat:
-            raise CheckpointError(f"internal: parameter {ours} missing from the state being exported")
-        arr = flat[ours]
-        arr = np.ascontiguousarray(np.swapaxes(arr, -1, -2) if t else arr)
-        out[key] = arr.astype(dtype) if dtype is not None else arr
-    return out
+    out = export_tensors(state, hf_mapping(cfg), what="Qwen2 export")
+    return {k: v.astype(dtype) if dtype is not None else v for k, v in out.items()}
 
 
 def save_hf(

@@ -15,6 +15,7 @@ them, are allowed in the checkpoint and skipped. Everything else must match exac
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -22,7 +23,16 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from vlm3r_jax.convert.assign import Src, conv_oihw_to_hwio, flat_arrays, load_state, transpose
+from vlm3r_jax.convert.assign import (
+    Block,
+    Layout,
+    Src,
+    conv_oihw_to_hwio,
+    export_tensors,
+    identity,
+    load_state,
+    transpose,
+)
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.sources import PrefixSource, TensorSource
 from vlm3r_jax.models.siglip import SiglipVisionConfig, SiglipVisionModel
@@ -32,60 +42,46 @@ LLAVA_VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
 KNOWN_PREFIXES = (VISION_PREFIX, LLAVA_VISION_PREFIX, "vision_tower.vision_model.", "")
 _PROBE_KEY = "embeddings.patch_embedding.weight"
 
-_BLOCK = {
-    "layer_norm1.scale": ("layer_norm1.weight", None),
-    "layer_norm1.bias": ("layer_norm1.bias", None),
-    "layer_norm2.scale": ("layer_norm2.weight", None),
-    "layer_norm2.bias": ("layer_norm2.bias", None),
+_BLOCK: dict[str, tuple[str, Layout]] = {
+    "layer_norm1.scale": ("layer_norm1.weight", identity),
+    "layer_norm1.bias": ("layer_norm1.bias", identity),
+    "layer_norm2.scale": ("layer_norm2.weight", identity),
+    "layer_norm2.bias": ("layer_norm2.bias", identity),
     "self_attn.q_proj.kernel": ("self_attn.q_proj.weight", transpose),
-    "self_attn.q_proj.bias": ("self_attn.q_proj.bias", None),
+    "self_attn.q_proj.bias": ("self_attn.q_proj.bias", identity),
     "self_attn.k_proj.kernel": ("self_attn.k_proj.weight", transpose),
-    "self_attn.k_proj.bias": ("self_attn.k_proj.bias", None),
+    "self_attn.k_proj.bias": ("self_attn.k_proj.bias", identity),
     "self_attn.v_proj.kernel": ("self_attn.v_proj.weight", transpose),
-    "self_attn.v_proj.bias": ("self_attn.v_proj.bias", None),
+    "self_attn.v_proj.bias": ("self_attn.v_proj.bias", identity),
     "self_attn.out_proj.kernel": ("self_attn.out_proj.weight", transpose),
-    "self_attn.out_proj.bias": ("self_attn.out_proj.bias", None),
+    "self_attn.out_proj.bias": ("self_attn.out_proj.bias", identity),
     "mlp.fc1.kernel": ("mlp.fc1.weight", transpose),
-    "mlp.fc1.bias": ("mlp.fc1.bias", None),
+    "mlp.fc1.bias": ("mlp.fc1.bias", identity),
     "mlp.fc2.kernel": ("mlp.fc2.weight", transpose),
-    "mlp.fc2.bias": ("mlp.fc2.bias", None),
+    "mlp.fc2.bias": ("mlp.fc2.bias", identity),
 }
 
 
-def _qkv_slice(i: int, n: int):
-    """Rows ``[i*d, (i+1)*d)`` of ``nn.MultiheadAttention``'s packed ``in_proj`` (q, k, v)."""
-
-    def weight(w: np.ndarray) -> np.ndarray:
-        d = w.shape[0] // n
-        return np.swapaxes(w[i * d : (i + 1) * d], 0, 1)
-
-    def bias(b: np.ndarray) -> np.ndarray:
-        d = b.shape[0] // n
-        return b[i * d : (i + 1) * d]
-
-    return weight, bias
-
-
-def siglip_mapping(cfg: SiglipVisionConfig) -> dict[str, Src]:
-    """``{our param path: Src(HF key relative to vision_model., transform)}`` for ``cfg``."""
+def siglip_mapping(cfg: SiglipVisionConfig, prefix: str = "") -> dict[str, Src]:
+    """``{our param path: Src(HF key under prefix, layout)}`` for ``cfg`` (keys relative to
+    ``vision_model.`` when ``prefix`` is empty): what the loader reads and the export writes. The
+    head's q/k/v are row blocks of ``nn.MultiheadAttention``'s packed ``in_proj``."""
     m: dict[str, Src] = {
         "patch_kernel": Src("embeddings.patch_embedding.weight", conv_oihw_to_hwio),
         "patch_bias": Src("embeddings.patch_embedding.bias"),
         "position_embedding": Src("embeddings.position_embedding.weight"),
     }
     for i in range(cfg.layers):
-        for ours, (theirs, fn) in _BLOCK.items():
-            key = f"encoder.layers.{i}.{theirs}"
-            m[f"layers.{i}.{ours}"] = Src(key, fn) if fn else Src(key)
+        for ours, (theirs, op) in _BLOCK.items():
+            m[f"layers.{i}.{ours}"] = Src(f"encoder.layers.{i}.{theirs}", op)
     if cfg.use_post_layernorm:
         m["post_layernorm.scale"] = Src("post_layernorm.weight")
         m["post_layernorm.bias"] = Src("post_layernorm.bias")
     if cfg.use_head:
         m["head.probe"] = Src("head.probe")
         for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            w, b = _qkv_slice(i, 3)
-            m[f"head.attention.{name}.kernel"] = Src("head.attention.in_proj_weight", w)
-            m[f"head.attention.{name}.bias"] = Src("head.attention.in_proj_bias", b)
+            m[f"head.attention.{name}.kernel"] = Src("head.attention.in_proj_weight", Block(i, 3, transpose))
+            m[f"head.attention.{name}.bias"] = Src("head.attention.in_proj_bias", Block(i, 3))
         m["head.attention.out_proj.kernel"] = Src("head.attention.out_proj.weight", transpose)
         m["head.attention.out_proj.bias"] = Src("head.attention.out_proj.bias")
         m["head.layernorm.scale"] = Src("head.layernorm.weight")
@@ -93,7 +89,7 @@ def siglip_mapping(cfg: SiglipVisionConfig) -> dict[str, Src]:
         for fc in ("fc1", "fc2"):
             m[f"head.mlp.{fc}.kernel"] = Src(f"head.mlp.{fc}.weight", transpose)
             m[f"head.mlp.{fc}.bias"] = Src(f"head.mlp.{fc}.bias")
-    return m
+    return {ours: dataclasses.replace(src, keys=prefix + src.keys) for ours, src in m.items()}
 
 
 def siglip_ignore(cfg: SiglipVisionConfig, keys: Iterable[str]) -> list[str]:
@@ -165,21 +161,4 @@ def load_siglip_into(model: SiglipVisionModel, source: TensorSource, *, prefix: 
 def export_siglip_hf(state_or_model: Any, cfg: SiglipVisionConfig, prefix: str = VISION_PREFIX) -> dict[str, np.ndarray]:
     """Our parameters -> ``{HF key: array}`` (torch layouts), e.g. for ``save_safetensors``."""
     state = nnx.state(state_or_model) if isinstance(state_or_model, nnx.Module) else state_or_model
-    flat = flat_arrays(state)
-    out: dict[str, np.ndarray] = {}
-    for path, src in siglip_mapping(cfg).items():
-        if src.keys in ("head.attention.in_proj_weight", "head.attention.in_proj_bias"):
-            continue
-        arr = flat[path]
-        if src.fn is transpose:
-            arr = np.swapaxes(arr, -1, -2)
-        elif src.fn is conv_oihw_to_hwio:
-            arr = np.transpose(arr, (3, 2, 0, 1))
-        out[prefix + src.keys] = np.ascontiguousarray(arr)
-    if cfg.use_head:
-        qkv = ("q_proj", "k_proj", "v_proj")
-        out[prefix + "head.attention.in_proj_weight"] = np.concatenate(
-            [np.swapaxes(flat[f"head.attention.{n}.kernel"], 0, 1) for n in qkv], 0
-        )
-        out[prefix + "head.attention.in_proj_bias"] = np.concatenate([flat[f"head.attention.{n}.bias"] for n in qkv], 0)
-    return out
+    return export_tensors(state, siglip_mapping(cfg, prefix), what="SigLIP export")

@@ -1,5 +1,6 @@
 """The LLaVA ``mm_projector`` (+ ``image_newline``) checkpoint names of
-:class:`~vlm3r_jax.models.projector.VisionProjector`: the loader's name map and an in-place loader.
+:class:`~vlm3r_jax.models.projector.VisionProjector`: the name map (read by the loaders, written by
+the release export through :func:`vlm3r_jax.convert.assign.export_tensors`) and an in-place loader.
 
 torch ``mm_projector`` is ``nn.Linear`` for ``linear`` (keys ``<prefix>weight``) and an
 ``nn.Sequential(Linear, GELU, Linear, ...)`` for ``mlpNx_gelu`` (keys ``<prefix>{0,2,...}.weight``);
@@ -22,7 +23,7 @@ def projector_mapping(
     projector_prefix: str = "model.mm_projector.",
     newline_key: str | None = "model.image_newline",
 ) -> dict[str, Src]:
-    """Name map for :func:`vlm3r_jax.convert.assign.load_state` from LLaVA checkpoint keys.
+    """Name map between our paths and LLaVA checkpoint keys, for ``load_state`` and ``export_tensors``.
 
     torch ``mm_projector`` is ``nn.Linear`` for ``linear`` (keys ``<prefix>weight``) and an
     ``nn.Sequential(Linear, GELU, Linear, ...)`` for ``mlpNx_gelu`` (keys ``<prefix>{0,2,...}.weight``).

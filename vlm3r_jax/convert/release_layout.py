@@ -1,33 +1,38 @@
-"""The released VLM-3R layout, as names: which of our tensors go under which reference key
-(``*_tensors``: numpy arrays in torch layouts), the file and directory names, and the config
-files (``config.json``, the PEFT ``adapter_config.json``). The writers that put them on disk are
-in :mod:`vlm3r_jax.convert.vlm3r_export`; the reader is :mod:`vlm3r_jax.convert.vlm3r_release`.
+"""The released VLM-3R layout: one name map per component (:func:`release_maps`: our parameter
+path -> reference key and invertible layout), which :mod:`vlm3r_jax.convert.vlm3r_release` loads
+through and :mod:`vlm3r_jax.convert.vlm3r_export` writes through (``*_tensors``: numpy arrays in
+torch layouts); the file and directory names; and the config files (``config.json``, the PEFT
+``adapter_config.json``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
-from vlm3r_jax.convert.assign import flat_arrays
-from vlm3r_jax.convert.cut3r_ckpt import export_state_dict
+from vlm3r_jax.convert.assign import Src, export_tensors, transpose
+from vlm3r_jax.convert.cut3r_ckpt import name_map
 from vlm3r_jax.convert.errors import CheckpointError
-from vlm3r_jax.convert.fusion_ckpt import export_fusion
-from vlm3r_jax.convert.hf_qwen2 import hf_name_map, to_hf_tensors
-from vlm3r_jax.convert.hf_siglip import export_siglip_hf
+from vlm3r_jax.convert.fusion_ckpt import reference_mapping
+from vlm3r_jax.convert.hf_qwen2 import hf_mapping
+from vlm3r_jax.convert.hf_siglip import LLAVA_VISION_PREFIX, siglip_mapping
 from vlm3r_jax.convert.llava_projector import projector_mapping
 from vlm3r_jax.models.fusion import reference_heads
 from vlm3r_jax.models.lora import lora_layers
+from vlm3r_jax.models.qwen2 import Qwen2Config
 
 BASE_DIR = "base_llava_video_qwen2"
 LORA_DIR = "vlm3r_lora"
 CUT3R_FILE = "cut3r_512_dpt_4_64.pth"  # the name the reference hard-codes (CUT3R/src/<this>)
 PEFT_PREFIX = "base_model.model."
 NON_LORA_PREFIX = "base_model.model."  # + "model.mm_projector..." / "model.fusion_block..."
-SIGLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
+SIGLIP_PREFIX = LLAVA_VISION_PREFIX
+FUSION_PREFIX = "model.fusion_block."
+LORA_KEY = "lora:"  # marks the PEFT adapter file's keys in the LLM map (a second file, one load pass)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "generation_config.json")
 LAYOUTS = ("release", "merged")
@@ -42,10 +47,66 @@ _SPATIAL_KEYS = ("spatial_tower", "mm_spatial_tower", "spatial_feature_dim", "sp
                  "spatial_tower_image_size")
 
 
-# --- tensors -------------------------------------------------------------------------------------
+# --- tensors: one name map per component, read by vlm3r_release and written by vlm3r_export ---------
 def to_numpy(x: Any, dtype: Any) -> np.ndarray:
     a = np.asarray(x)
     return np.ascontiguousarray(a.astype(dtype) if dtype is not None and a.dtype != np.dtype(dtype) else a)
+
+
+def peft_key(weight_key: str, which: str) -> str:
+    """``model.layers.0.self_attn.q_proj.weight``, ``"A"`` -> the PEFT adapter key
+    ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``."""
+    return f"{PEFT_PREFIX}{weight_key[: -len('.weight')]}.lora_{which}.weight"
+
+
+def llm_map(cfg: Qwen2Config, lora_modules: Iterable[str] = ()) -> dict[str, Src]:
+    """The Qwen2 under HF names, its vocabulary cut to ``cfg.vocab_size`` rows, plus the PEFT
+    adapters of ``lora_modules`` (per-layer Linear paths, ``"layers.0.attn.q"``): ``lora.lora_a``
+    [in, r] <-> ``lora:<peft_key A>`` [r, in], ``lora.lora_b`` [r, out] <-> ``lora:<peft_key B>``
+    [out, r]; ``lora:`` marks the adapter file (:data:`LORA_KEY`)."""
+    m = hf_mapping(cfg, truncate_vocab=True)
+    for mod in lora_modules:
+        weight = m[mod + ".kernel"].keys
+        m[f"{mod}.lora.lora_a"] = Src(LORA_KEY + peft_key(weight, "A"), transpose)
+        m[f"{mod}.lora.lora_b"] = Src(LORA_KEY + peft_key(weight, "B"), transpose)
+    return m
+
+
+def release_maps(cfg: Any, state: Any, *, lora_modules: Iterable[str] = (),
+                 cut3r_keys: set[str] | None = None) -> dict[str, dict[str, Src]]:
+    """The released layout as ``{VLM-3R submodule: name map}`` for a model with config ``cfg`` and
+    (abstract or concrete) ``state``. Keys are the base directory's (LLM, SigLIP, projector, fusion
+    block), ``lora:`` + the adapter file's, and the CUT3R ``.pth``'s ``model`` dict's.
+    ``cut3r_keys``: the CUT3R checkpoint's keys, to resolve its aliases on load."""
+    maps = {"llm": llm_map(cfg.llm, lora_modules),
+            "vision_tower": siglip_mapping(cfg.vision, SIGLIP_PREFIX),
+            "mm_projector": projector_mapping(cfg.projector)}
+    if cfg.geometry is not None:
+        maps["fusion_block"] = reference_mapping(state["fusion_block"], FUSION_PREFIX)
+        maps["spatial_tower"] = name_map(state["spatial_tower"], cut3r_keys)
+    return maps
+
+
+def lora_paths(model: nnx.Module) -> list[str]:
+    """Per-layer paths (under the LLM) of the Linears that carry an adapter."""
+    return [path for path, _, _ in lora_layers(model.llm)]
+
+
+# what a component exports by default: its parameters less LoRA adapters (a separate file)
+_BASE_PARAMS = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+
+
+def component_tensors(model: nnx.Module, name: str, *, params: Any = _BASE_PARAMS, dtype: Any = None,
+                      fill: Any = None) -> dict[str, np.ndarray]:
+    """``{reference key: array}`` of ``model.<name>``'s parameters (those of type ``params``)
+    through the released layout's map; {} when the model lacks that part. ``fill``: the original
+    checkpoint, for the vocabulary rows cut on load."""
+    part = getattr(model, name)
+    if part is None:
+        return {}
+    mapping = release_maps(model.cfg, nnx.state(model, nnx.Param), lora_modules=lora_paths(model))[name]
+    out = export_tensors(nnx.state(part, params), mapping, fill=fill, what=f"{name} export")
+    return {k: to_numpy(v, dtype) for k, v in out.items()}
 
 
 def _lora_modules(llm: nnx.Module) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
@@ -59,18 +120,19 @@ def _lora_modules(llm: nnx.Module) -> dict[str, tuple[np.ndarray, np.ndarray, np
     return out
 
 
-def llm_tensors(model: nnx.Module, *, merge: bool, dtype: Any = None) -> dict[str, np.ndarray]:
-    """The Qwen2 weights with HF names. ``merge``: attached LoRA adapters are folded into their
-    kernels (float32 arithmetic, like PEFT's ``merge_and_unload``); otherwise the base kernels."""
+def llm_tensors(model: nnx.Module, *, merge: bool, dtype: Any = None, fill: Any = None) -> dict[str, np.ndarray]:
+    """The Qwen2 weights with HF names (``fill``: see :func:`component_tensors`). ``merge``:
+    attached LoRA adapters are folded into their kernels (float32 arithmetic, like PEFT's
+    ``merge_and_unload``), a computed value written through the kernel's layout; otherwise the
+    base kernels."""
 
-    llm = model.llm
-    out = to_hf_tensors(nnx.state(llm, nnx.Param), llm.cfg)
+    out = component_tensors(model, "llm", fill=fill)
     if merge:
-        names = hf_name_map(llm.cfg)
-        for path, (k, a, b, scale) in _lora_modules(llm).items():
-            key, _ = names[path + ".kernel"]
+        mapping = llm_map(model.llm.cfg)
+        for path, (k, a, b, scale) in _lora_modules(model.llm).items():
+            src = mapping[path + ".kernel"]
             merged = k.astype(np.float32) + scale * (a.astype(np.float32) @ b.astype(np.float32))
-            out[key] = np.ascontiguousarray(merged.astype(k.dtype).T)
+            out[src.keys] = np.ascontiguousarray(src.fn.save(merged.astype(k.dtype)))
     return {k: to_numpy(v, dtype) for k, v in out.items()}
 
 
@@ -81,16 +143,11 @@ def lora_tensors(model: nnx.Module, dtype: Any = None) -> tuple[dict[str, np.nda
     mods = _lora_modules(model.llm)
     if not mods:
         return {}, {}
-    names = hf_name_map(model.llm.cfg)
-    tensors: dict[str, np.ndarray] = {}
-    targets, ranks, scales = [], set(), set()
-    for path, (_, a, b, scale) in mods.items():
-        module = names[path + ".kernel"][0][: -len(".weight")]
-        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = to_numpy(a.T, dtype)
-        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = to_numpy(b.T, dtype)
-        targets.append(module)
-        ranks.add(a.shape[1])
-        scales.add(scale)
+    tensors = {k[len(LORA_KEY):]: v for k, v in
+               component_tensors(model, "llm", params=nnx.LoRAParam, dtype=dtype).items()}
+    targets = sorted(k[len(PEFT_PREFIX): -len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight"))
+    ranks = {a.shape[1] for _, a, _, _ in mods.values()}
+    scales = {s for _, _, _, s in mods.values()}
     if len(ranks) != 1 or len(scales) != 1:
         raise CheckpointError(f"PEFT's adapter_config.json holds one r and one alpha, but the adapters have ranks "
                               f"{sorted(ranks)} and scales {sorted(scales)}")
@@ -99,7 +156,7 @@ def lora_tensors(model: nnx.Module, dtype: Any = None) -> tuple[dict[str, np.nda
     alpha = scale * r
     alpha = int(round(alpha)) if abs(alpha - round(alpha)) < 1e-9 else alpha
     return tensors, dict(r=r, lora_alpha=alpha, lora_dropout=lcfg.dropout if lcfg is not None else 0.0,
-                         target_modules=sorted(targets))
+                         target_modules=targets)
 
 
 def vision_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray]:
@@ -107,32 +164,12 @@ def vision_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray
     the model does not hold is written as the identity (weight 1, bias 0) so the tower is complete."""
 
     vc = model.cfg.vision
-    out = export_siglip_hf(nnx.state(model.vision_tower, nnx.Param), vc, prefix=SIGLIP_PREFIX)
+    out = component_tensors(model, "vision_tower")
     if not vc.use_post_layernorm:
         pdt = out[SIGLIP_PREFIX + "embeddings.position_embedding.weight"].dtype
         out[SIGLIP_PREFIX + "post_layernorm.weight"] = np.ones((vc.hidden_size,), pdt)
         out[SIGLIP_PREFIX + "post_layernorm.bias"] = np.zeros((vc.hidden_size,), pdt)
     return {k: to_numpy(v, dtype) for k, v in out.items()}
-
-
-def projector_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray]:
-    """``model.mm_projector.*`` (torch [out, in] weights) and ``model.image_newline``."""
-
-    flat = flat_arrays(nnx.state(model.mm_projector, nnx.Param))
-    out = {}
-    for ours, src in projector_mapping(model.cfg.projector).items():
-        arr = flat[ours]
-        out[src.keys] = to_numpy(arr.T if ours.endswith(".kernel") else arr, dtype)
-    return out
-
-
-def fusion_tensors(model: nnx.Module, prefix: str = "model.fusion_block.", dtype: Any = None) -> dict[str, np.ndarray]:
-    """The fusion block under the reference's names (inverse of ``fusion_mapping``: the split
-    q/k/v in-projections are packed back into ``in_proj_weight`` [3d, d] / ``in_proj_bias``)."""
-
-    if model.fusion_block is None:
-        return {}
-    return {prefix + k: to_numpy(v, dtype) for k, v in export_fusion(model.fusion_block).items()}
 
 
 # --- CUT3R -----------------------------------------------------------------------------------------
@@ -165,10 +202,6 @@ def constructor_string(cfg: Any) -> str:
                               f"({ {k: _CUT3R_FIXED[k] for k in bad} }); a .pth cannot carry them")
     args = ", ".join(f"{k}={_lit(getattr(cfg, k))}" for k in _CUT3R_ARGS)
     return f"ARCroco3DStereo(ARCroco3DStereoConfig({args}))"
-
-
-def cut3r_tensors(model: nnx.Module, dtype: Any = None) -> dict[str, np.ndarray]:
-    return {k: to_numpy(v, dtype) for k, v in export_state_dict(nnx.state(model.spatial_tower, nnx.Param)).items()}
 
 
 # --- configs ---------------------------------------------------------------------------------------

@@ -48,13 +48,11 @@ from vlm3r_jax.convert.release_layout import (
     NON_LORA_PREFIX,
     SIGLIP_PREFIX,
     TOKENIZER_FILES,
+    component_tensors,
     constructor_string,
-    cut3r_tensors,
-    fusion_tensors,
     llm_tensors,
     lora_tensors,
     peft_config,
-    projector_tensors,
     to_numpy,
     vision_tensors,
     vlm3r_config_json,
@@ -70,7 +68,7 @@ def write_cut3r_pth(model: nnx.Module, path: str, *, source: str | None = None, 
     With ``source`` (the original .pth) and ``passthrough``: its extra tensors and constructor
     string are kept."""
 
-    sd = cut3r_tensors(model, dtype)
+    sd = component_tensors(model, "spatial_tower", dtype=dtype)
     ctor = None
     if source is not None and passthrough and os.path.isfile(source) and not source.endswith(".safetensors"):
         src = TorchPickleSource(source, allow_namespace=True)
@@ -108,31 +106,16 @@ def _copy_tokenizer(tokenizer: Any, out_dir: str) -> None:
 
 
 # --- the whole layout --------------------------------------------------------------------------------
-def _pad_vocab(tensors: dict[str, np.ndarray], base: Any | None) -> int:
-    """Appends the original checkpoint's embedding / LM-head rows past ``len(tokenizer)`` (cut at load
-    time); returns the row count that config.json's ``vocab_size`` must state."""
-    rows = tensors["model.embed_tokens.weight"].shape[0]
-    if base is None or "model.embed_tokens.weight" not in set(base.keys()):
-        return rows
-    orig = base.shape("model.embed_tokens.weight")[0]
-    if orig <= rows:
-        return rows
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        if key in tensors and key in set(base.keys()):
-            extra = np.asarray(base.get(key))[rows:].astype(tensors[key].dtype)
-            tensors[key] = np.concatenate([tensors[key], extra], axis=0)
-    return orig
-
-
 def _base_tensors(model: nnx.Module, *, merge: bool, with_fusion: bool, source: dict | None, passthrough: bool,
                   dtype: Any, release: bool) -> tuple[dict[str, np.ndarray], int]:
-    t = llm_tensors(model, merge=merge, dtype=dtype)
-    t.update(vision_tensors(model, dtype))
-    t.update(projector_tensors(model, dtype))
-    if with_fusion:
-        t.update(fusion_tensors(model, dtype=dtype))
     base = source.get("base") if (source and passthrough) else None
-    rows = _pad_vocab(t, base)
+    # base: the original checkpoint gives back the embedding / LM-head rows past len(tokenizer)
+    t = llm_tensors(model, merge=merge, dtype=dtype, fill=base)
+    t.update(vision_tensors(model, dtype))
+    t.update(component_tensors(model, "mm_projector", dtype=dtype))
+    if with_fusion:
+        t.update(component_tensors(model, "fusion_block", dtype=dtype))
+    rows = t["model.embed_tokens.weight"].shape[0]  # what config.json's vocab_size must state
     if base is not None:
         for key in base.keys():
             if key.startswith(SIGLIP_PREFIX + "post_layernorm.") and not model.cfg.vision.use_post_layernorm:
@@ -202,9 +185,9 @@ def export_release(model: nnx.Module, out_dir: str, *, tokenizer: Any, source: d
         save_torch(os.path.join(lora_dir, "adapter_model.bin"), adapters)
     if adapter_format in ("safetensors", "both"):
         save_safetensors(os.path.join(lora_dir, "adapter_model.safetensors"), adapters, {"format": "pt"})
-    non_lora = {NON_LORA_PREFIX + k: v for k, v in projector_tensors(model, dtype).items()
+    non_lora = {NON_LORA_PREFIX + k: v for k, v in component_tensors(model, "mm_projector", dtype=dtype).items()
                 if k.startswith("model.mm_projector.")}
-    non_lora.update({NON_LORA_PREFIX + k: v for k, v in fusion_tensors(model, dtype=dtype).items()})
+    non_lora.update({NON_LORA_PREFIX + k: v for k, v in component_tensors(model, "fusion_block", dtype=dtype).items()})
     save_torch(os.path.join(lora_dir, "non_lora_trainables.bin"), non_lora)
 
     paths = {"base": base_dir, "lora": lora_dir, "geometry": None}

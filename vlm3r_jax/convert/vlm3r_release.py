@@ -19,14 +19,14 @@ from flax import nnx
 
 from data_pipeline.tokenizer import QwenTokenizer
 from vlm3r_jax.convert import cut3r_ckpt
-from vlm3r_jax.convert.assign import Src, load_state, transpose
+from vlm3r_jax.convert.assign import Src, load_state
 from vlm3r_jax.convert.errors import CheckpointError
-from vlm3r_jax.convert.fusion_ckpt import reference_mapping
-from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE, hf_name_map, load_mapping
+from vlm3r_jax.convert.fusion_ckpt import reference_mapping as fusion_mapping  # noqa: F401  (tests' name)
+from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE
 from vlm3r_jax.convert.hf_siglip import load_siglip_state
 from vlm3r_jax.convert.hub import CONFIG_FILES, HubError, resolve, resolve_vlm3r
 from vlm3r_jax.convert.json_config import read_json_object
-from vlm3r_jax.convert.llava_projector import projector_mapping
+from vlm3r_jax.convert.release_layout import FUSION_PREFIX, LORA_KEY, SIGLIP_PREFIX, llm_map, peft_key, release_maps
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir
 from vlm3r_jax.convert.sources import DictSource, OverlaySource, TensorSource
 from vlm3r_jax.convert.torch_pickle import TorchPickleSource
@@ -51,40 +51,7 @@ def strip_non_lora_prefixes(keys: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _rows(i: int):
-    """Picks block ``i`` of a packed [3d, d] in-projection (q, k, v order) and transposes it."""
-
-    def fn(w: np.ndarray) -> np.ndarray:
-        d = w.shape[0] // 3
-        return np.swapaxes(w[i * d:(i + 1) * d], -1, -2) if w.ndim == 2 else w[i * d:(i + 1) * d]
-
-    return fn
-
-
-def fusion_mapping(prefix: str = "model.fusion_block.", ours: str = "", state: Any = None) -> dict[str, Src]:
-    """Our fusion-block param paths (under ``ours``) -> reference keys (under ``prefix``). Without
-    ``state`` the CrossAttentionFusion names; with the (abstract) state of any fusion variant, the
-    map derived from its parameter paths (:func:`vlm3r_jax.models.fusion.reference_mapping`)."""
-    if state is not None:
-
-        return reference_mapping(state, prefix, ours)
-    m: dict[str, Src] = {}
-    for name in ("clip_norm", "spatial_encoder_norm", "out_norm"):
-        m[f"{ours}{name}.scale"] = Src(f"{prefix}{name}.weight")
-        m[f"{ours}{name}.bias"] = Src(f"{prefix}{name}.bias")
-    for name in ("clip_query_proj", "spatial_encoder_key_proj", "spatial_encoder_value_proj", "out_proj"):
-        m[f"{ours}{name}.kernel"] = Src(f"{prefix}{name}.weight", transpose)
-        m[f"{ours}{name}.bias"] = Src(f"{prefix}{name}.bias")
-    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        m[f"{ours}cross_attention.{name}.kernel"] = Src(f"{prefix}cross_attention.in_proj_weight", _rows(i))
-        m[f"{ours}cross_attention.{name}.bias"] = Src(f"{prefix}cross_attention.in_proj_bias", _rows(i))
-    m[f"{ours}cross_attention.out_proj.kernel"] = Src(f"{prefix}cross_attention.out_proj.weight", transpose)
-    m[f"{ours}cross_attention.out_proj.bias"] = Src(f"{prefix}cross_attention.out_proj.bias")
-    return m
-
-
 # --- the whole released layout ---------------------------------------------------------------
-SIGLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
 # what a non_lora_trainables.bin key may name (anything else is dropped with a warning)
 _NON_LORA_TARGETS = ("model.mm_projector.", "model.image_newline", "model.fusion_block.", SIGLIP_PREFIX,
                      "model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
@@ -267,30 +234,27 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     return cfg, info
 
 
-def _llm_mapping(cfg, lora_src: TensorSource | None, scale: float, keep_lora: bool) -> dict[str, Src]:
-    """hf_qwen2's mapping (vocab cut to ``len(tokenizer)``) with the PEFT adapters layered on:
-    merged into the kernels (``merge_and_unload``) or mapped onto attached LoRA modules."""
-
-    m = load_mapping(cfg, truncate_vocab=True)
+def _adapted_modules(cfg: VLM3RConfig, lora_src: TensorSource | None) -> list[str]:
+    """Per-layer LLM Linear paths whose PEFT adapter ``lora_src`` holds."""
     if lora_src is None:
-        return m
-    lora_keys = set(lora_src.keys())
-    for ours, (key, t) in hf_name_map(cfg).items():
-        if not t or not key.endswith(".weight"):
-            continue
-        module = "base_model.model." + key[: -len(".weight")]
-        a_key, b_key = module + ".lora_A.weight", module + ".lora_B.weight"
-        if a_key not in lora_keys:
-            continue
-        mod = ours[: -len(".kernel")]
-        if keep_lora:
-            m[f"{mod}.lora.lora_a"] = Src("lora:" + a_key, transpose)
-            m[f"{mod}.lora.lora_b"] = Src("lora:" + b_key, transpose)
-        else:  # W + scale * B @ A, stored transposed as [in, out]
-            m[ours] = Src((key, "lora:" + a_key, "lora:" + b_key),
-                          lambda w, a, b, s=scale: np.swapaxes(
-                              w.astype(np.float32) + s * (b.astype(np.float32) @ a.astype(np.float32)), 0, 1))
-    return m
+        return []
+    keys = set(lora_src.keys())
+    return [p[: -len(".kernel")] for p, rule in llm_map(cfg.llm).items()
+            if p.endswith(".kernel") and peft_key(rule.keys, "A") in keys]
+
+
+def merge_lora_rules(rules: dict[str, Src], scale: float) -> dict[str, Src]:
+    """``rules`` (an LLM map with adapters) with each adapter merged into its kernel on load, as
+    PEFT's ``merge_and_unload`` does: ``W + scale * B @ A``, then the kernel's layout. A computed
+    value on top of the map's names, for a model without LoRA modules."""
+    out = dict(rules)
+    for path in [p for p in rules if p.endswith(".lora.lora_a")]:
+        mod = path[: -len(".lora.lora_a")]
+        kernel, a, b = (out.pop(mod + s) for s in (".kernel", ".lora.lora_a", ".lora.lora_b"))
+        out[mod + ".kernel"] = Src((kernel.keys, a.keys, b.keys),
+                                   lambda w, a, b, s=scale, op=kernel.fn: op.load(
+                                       w.astype(np.float32) + s * (b.astype(np.float32) @ a.astype(np.float32))))
+    return out
 
 
 class _UnionSource:
@@ -373,34 +337,35 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
         non_lora = DictSource({k: non_lora.get(k) for k in non_lora.keys() if k not in dropped},
                               name=non_lora.where())
     src = OverlaySource(base, non_lora)
+    lora_src = _open_torch_or_safetensors(info["lora"]["path"]) if info["lora"] is not None else None
+    geo_src = cut3r_ckpt.open_checkpoint(info["geometry"])[1] if cfg.geometry is not None else None
+    maps = release_maps(cfg, state, lora_modules=_adapted_modules(cfg, lora_src),
+                        cut3r_keys=set(geo_src.keys()) if geo_src is not None else None)
     proj = [k for k in src.keys() if k.startswith("model.mm_projector.") or k == "model.image_newline"]
     state["mm_projector"] = load_state(state["mm_projector"], DictSource({k: src.get(k) for k in proj}, name=src.where()),
-                                       projector_mapping(cfg.projector), dtype=jdt, what="projector")
+                                       maps["mm_projector"], dtype=jdt, what="projector")
     if cfg.geometry is not None:
         # a merged / fully fine-tuned directory keeps the fusion block in its safetensors
-        fusion_src = DictSource({k: src.get(k) for k in src.keys() if k.startswith("model.fusion_block.")},
-                                name=src.where())
-        state["fusion_block"] = load_state(state["fusion_block"], fusion_src, fusion_mapping(state=state["fusion_block"]), dtype=jdt,
+        fusion_src = DictSource({k: src.get(k) for k in src.keys() if k.startswith(FUSION_PREFIX)}, name=src.where())
+        state["fusion_block"] = load_state(state["fusion_block"], fusion_src, maps["fusion_block"], dtype=jdt,
                                            what="fusion block (non_lora_trainables.bin)")
-        _, geo_src = cut3r_ckpt.open_checkpoint(info["geometry"])
-        state["spatial_tower"] = load_state(state["spatial_tower"], geo_src,
-                                            cut3r_ckpt.name_map(state["spatial_tower"], set(geo_src.keys())),
-                                            ignore=cut3r_ckpt.IGNORED_SOURCE_KEYS, dtype=jdt,
-                                            what="CUT3R checkpoint")
+        state["spatial_tower"] = load_state(state["spatial_tower"], geo_src, maps["spatial_tower"],
+                                            ignore=cut3r_ckpt.IGNORED_SOURCE_KEYS, dtype=jdt, what="CUT3R checkpoint")
+    # the same names as maps["vision_tower"], read relative to the prefix (with the unused layers skipped)
     state["vision_tower"] = load_siglip_state(state["vision_tower"], src, cfg.vision, prefix=SIGLIP_PREFIX, dtype=jdt)
     parts: dict[str, TensorSource] = {"": src}
-    lora_src = None
-    if info["lora"] is not None:
-        lora_src = parts["lora:"] = _open_torch_or_safetensors(info["lora"]["path"])
-    scale = info["lora"]["scale"] if info["lora"] else 1.0
-    llm_map = _llm_mapping(cfg.llm, lora_src, scale, keep_lora)
+    if lora_src is not None:
+        parts[LORA_KEY] = lora_src
+    llm_rules = maps["llm"]
+    if lora_src is not None and not keep_lora:
+        llm_rules = merge_lora_rules(llm_rules, info["lora"]["scale"])
     state["llm"] = load_state(
-        state["llm"], _UnionSource(parts), llm_map,
-        ignore=[*LLAVA_QWEN_IGNORE, r".*rotary_emb\.inv_freq", r"lora:.*"], dtype=jdt,
+        state["llm"], _UnionSource(parts), llm_rules,
+        ignore=[*LLAVA_QWEN_IGNORE, r".*rotary_emb\.inv_freq", re.escape(LORA_KEY) + ".*"], dtype=jdt,
         what="Qwen2 LLM (base + LoRA)")
     if lora_src is not None:
         used = {k for k in lora_src.keys() if ".lora_A." in k or ".lora_B." in k}
-        mapped = {k.split(":", 1)[1] for src in llm_map.values() for k in src.key_tuple if k.startswith("lora:")}
+        mapped = {k[len(LORA_KEY):] for rule in llm_rules.values() for k in rule.key_tuple if k.startswith(LORA_KEY)}
         stray = sorted(used - mapped)
         if stray:
             raise CheckpointError(f"{lora_src.where()}: LoRA tensors for modules the model lacks: {stray[:10]}")
