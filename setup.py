@@ -3,7 +3,7 @@
 Every requirement has an upper bound: the next minor release for 0.x projects (their minors break
 APIs: Flax NNX, Grain, Optax, Orbax), the next major otherwise. ``pip install -e .`` is what the demo
 needs (``launch/demo.sh``); ``.[test]`` adds torch, transformers and Jupyter for the parity tests
-and the notebook test (``launch/test.sh``).
+and the notebook test, and lmms-eval for the harness tests (``launch/test.sh``).
 """
 
 from setuptools import find_packages, setup
