@@ -3,7 +3,7 @@
 Every requirement has an upper bound: the next minor release for 0.x projects (their minors break
 APIs: Flax NNX, Grain, Optax, Orbax), the next major otherwise. ``pip install -e .`` is what the demo
 needs (``launch/demo.sh``); ``.[test]`` adds torch, transformers and Jupyter for the parity tests
-and the notebook test (``launch/test.sh``).
+and the notebook test, and lmms-eval for the harness tests (``launch/test.sh``).
 """
 
 from setuptools import find_packages, setup
@@ -48,6 +48,11 @@ EXTRAS = {
         # tests/test_storage_gcs.py: a local GCS stand-in (skipped without these two)
         "gcsfs>=2024.2,<2027",
         "gcp-storage-emulator>=2024.8,<2027",
+        # tests/test_lmms_eval_adapter.py and tests/test_vsibench_rules.py run lmms-eval's own CLI and
+        # VSI-Bench task code. ~75 more packages (accelerate, datasets, wandb, ...); it caps av<16
+        # (within our av pin) and, through wandb, protobuf<7.
+        "lmms-eval==0.7.*",
+        "filelock>=3.16,<4",  # lmms-eval 0.7.3 patches filelock._api.FileLockMeta, gone in filelock 4
     ],
     # gs:// work dirs, eval outputs and geometry caches (etils.epath opens gs:// through gcsfs;
     # Orbax checkpoints reach gs:// through tensorstore without it)
@@ -76,4 +81,6 @@ setup(
     packages=find_packages(include=["vlm3r_jax*", "data_pipeline*", "configs*", "launch*"]),
     install_requires=RUNTIME,
     extras_require=EXTRAS,
+    # `python -m lmms_eval --model vlm3r_jax ...` finds the adapter through this (vlm3r_jax/lmms_eval/)
+    entry_points={"lmms_eval.models": ["vlm3r_jax = vlm3r_jax.lmms_eval.manifest:MANIFEST"]},
 )

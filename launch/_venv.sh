@@ -23,6 +23,14 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "[vlm3r_jax] installing $SPEC into .venv (first run: a few minutes; see the README for the size)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e "$SPEC"
+  # lmms-eval (test extra) pulls torchvision. PyPI's Linux wheels of it are CUDA builds, which
+  # cannot load next to a CPU-only torch (a torch+cpu wheel) and then break every transformers
+  # import that probes for it. Nothing here uses torchvision: drop one that does not import.
+  if .venv/bin/python -m pip show -q torchvision >/dev/null 2>&1 \
+     && ! .venv/bin/python -c "import torchvision" >/dev/null 2>&1; then
+    echo "[vlm3r_jax] removing torchvision: it does not import against this torch" >&2
+    .venv/bin/python -m pip uninstall -q -y torchvision
+  fi
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -41,15 +41,19 @@ def tokenizer(tmp: str) -> QwenTokenizer:
     return QwenTokenizer.from_dir(d)
 
 
-def small_model(tmp: str, seed: int = 0, num_frames: int = 4, **llm):
-    """A VLM3RModel with decisive (large) token embeddings so greedy decoding has no near-ties."""
+def small_model(tmp: str, seed: int = 0, num_frames: int = 4, lora_rank: int = 0, **llm):
+    """A VLM3RModel with decisive (large) token embeddings so greedy decoding has no near-ties.
+    ``lora_rank`` > 0 attaches LLM LoRA adapters, which the release-layout export needs."""
     import jax.numpy as jnp
 
     from vlm3r_jax.infer.vlm3r_model import VLM3RModel
     from vlm3r_jax.train.vlm3r_task import vlm3r_config
 
     tok = tokenizer(tmp)
-    cfg = vlm3r_config(small_model_config(**llm), tok)
+    mcfg = small_model_config(**llm)
+    if lora_rank:
+        mcfg.lora.update(enabled=True, rank=lora_rank)
+    cfg = vlm3r_config(mcfg, tok)
     model = VLM3RModel.from_config(cfg, tok, seed=seed, num_frames=num_frames)
     emb = model.params["llm"]["embed"]["embedding"]
     emb.set_value(jnp.asarray(np.random.default_rng(seed).normal(size=emb.get_value().shape), jnp.float32))

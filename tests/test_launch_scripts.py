@@ -68,7 +68,10 @@ def test_venv_install_is_retried_after_an_interrupted_pip(tmp_path):
     bin_dir.mkdir(parents=True)
     stub = bin_dir / "python"  # records each install; fails while the file 'interrupt' exists
     stub.write_text('#!/usr/bin/env bash\ncase "$*" in\n  *"install -q -e"*) echo "$*" >> "$(dirname "$0")/calls"\n'
-                    '    [ -f "$(dirname "$0")/interrupt" ] && exit 130; exit 0;;\nesac\nexit 0\n')
+                    '    [ -f "$(dirname "$0")/interrupt" ] && exit 130; exit 0;;\n'
+                    '  *"uninstall"*) echo "$*" >> "$(dirname "$0")/calls"; exit 0;;\n'
+                    '  *"import torchvision"*) [ -f "$(dirname "$0")/cuda_torchvision" ] && exit 1; exit 0;;\n'
+                    'esac\nexit 0\n')
     stub.chmod(0o755)
     (bin_dir / "interrupt").touch()
 
@@ -82,3 +85,9 @@ def test_venv_install_is_retried_after_an_interrupted_pip(tmp_path):
     assert source("test,tfds").returncode == 0  # the test extras are a second, separate install
     calls = (bin_dir / "calls").read_text().splitlines()
     assert [c.split()[-1] for c in calls] == [".", ".", ".[test,tfds]"]
+    # a torchvision that cannot import (PyPI's CUDA build next to a CPU torch) is removed
+    (bin_dir / "cuda_torchvision").touch()
+    with open(tmp_path / "setup.py", "a") as f:
+        f.write("# changed\n")
+    assert source("test,tfds").returncode == 0
+    assert (bin_dir / "calls").read_text().splitlines()[-1].endswith("uninstall -q -y torchvision")

@@ -1,8 +1,7 @@
 """The two named VSI-Bench rule sets: ``rules="paper"`` (thinking-in-space, the paper's table) and
 ``rules="lmms-eval"`` (lmms-eval 0.7: first number anywhere, number words included). Each agrees
 with the code it follows: fixed cases restated from lmms-eval 0.7's ``extract_number``, and, when
-lmms-eval is installed (the ``test`` extra does not pull it: 99 dependencies), its own task code
-on the same predictions."""
+lmms-eval is installed (the ``test`` extra has it), its own task code on the same predictions."""
 
 from __future__ import annotations
 

@@ -163,12 +163,14 @@ class ShardedVLM3RPredictor:
         shs = {k: sharding.batch_sharding(self.mesh, v.ndim, self.rules) for k, v in arrays.items()}
         return distributed.put(arrays, shs)
 
-    def __call__(self, batch: list[dict[str, Any]]) -> list[str]:
+    def __call__(self, batch: list[dict[str, Any]], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers to ``batch`` (records with ``example``); ``max_new_tokens`` overrides the
+        constructor's for this call (one more compilation per distinct value)."""
         dev = self.device_batch(batch)
         with sharding.use_mesh(self.mesh, self.rules):
             toks = self._generate(self.params, dev["input_ids"], dev.get("frames"), dev["attention_mask"],
                                   self._stop_ids, self._pad_id, dev.get("geometry_tokens"),
-                                  max_new_tokens=self.max_new_tokens)
+                                  max_new_tokens=int(max_new_tokens or self.max_new_tokens))
         toks = distributed.to_host(toks)[: len(batch)]  # the filler rows are dropped here
         dec = self.handle.tokenizer.decode
         return [dec([int(t) for t in row], skip_special_tokens=True).strip() for row in toks]
