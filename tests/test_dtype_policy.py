@@ -91,7 +91,8 @@ def test_golden_release_loads_frozen_bf16_trainable_f32(golden_dir):
 
 
 def test_our_checkpoint_loads_frozen_bf16_trainable_f32(tmp_path):
-    from tests import _vlm3r_helpers as H
+    import _vlm3r_helpers as H
+
     from vlm3r_jax.convert.vlm3r_ours import load_ours, save_ours
     from vlm3r_jax.models.host_init import host_init
     from vlm3r_jax.models.vlm3r import VLM3R

@@ -8,10 +8,10 @@ import os
 import subprocess
 import sys
 
+import _vlm3r_helpers as H
 import pytest
 
 from launch import infer
-from tests import _vlm3r_helpers as H
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,10 +3,10 @@ KV prefix == recomputing from scratch, streaming == the offline pass, sampling o
 
 from __future__ import annotations
 
+import _vlm3r_helpers as H
 import numpy as np
 import pytest
 
-from tests import _vlm3r_helpers as H
 from vlm3r_jax.infer.chat import ContextFullError
 from vlm3r_jax.infer.stream import FrameBuffer, StreamConfig
 

@@ -12,8 +12,8 @@ import json
 
 import numpy as np
 import pytest
+from _procs import launch, wait_all
 
-from tests._procs import launch, wait_all
 from vlm3r_jax.train import distributed
 
 STEPS, PREEMPT_AT = 5, 3

@@ -3,9 +3,9 @@ predictor SPMD (same record stream, each process places its own shards of the pa
 of the tensor-sharded params; process 0 writes); the samples equal one process with 4 devices."""
 
 import pytest
+from _procs import launch, wait_all
 from test_eval_runner import make_bench
 
-from tests._procs import launch, wait_all
 from vlm3r_jax.eval import runner
 
 

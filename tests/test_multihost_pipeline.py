@@ -9,9 +9,8 @@ import os
 
 import numpy as np
 import pytest
+from _procs import launch, wait_all
 from test_tokenizer import build_small_tokenizer
-
-from tests._procs import launch, wait_all
 
 N_RECORDS, GLOBAL_BATCH, NPROC = 12, 4, 2
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import _vlm3r_helpers as H
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from tests import _vlm3r_helpers as H
 from vlm3r_jax.models.vlm3r import VLM3R
 from vlm3r_jax.train import vlm3r_task
 from vlm3r_jax.train.init import reinit_normal
