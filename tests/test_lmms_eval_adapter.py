@@ -59,17 +59,20 @@ def setup(tmp_path_factory):
 
 
 def _run_lmms_eval(tmp, paths, hf_home) -> tuple[dict, dict]:
-    """``python -m lmms_eval --model vlm3r_jax ...`` (found through ``LMMS_EVAL_PLUGINS``) on one CPU
-    device -> (its results for the task, {record id: answer} from its ``--log_samples`` file)."""
+    """``python -m lmms_eval --model vlm3r_jax ...`` (found through setup.py's ``lmms_eval.models`` entry
+    point, no environment variable) on one CPU device -> (its results for the task, {record id: answer} from its ``--log_samples`` file)."""
     model_args = (f"pretrained={paths['lora']},model_base={paths['base']},geometry={paths['geometry']},"
                   f"conv_template=qwen_1_5,max_frames_num={NUM_FRAMES}")
     out = tmp / "lmms_out"
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "vlm3r_jax", "--model_args", model_args, "--tasks", TASK,
            "--include_path", str(tmp / "tasks"), "--batch_size", str(BATCH), "--output_path", str(out), "--log_samples"]
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    # one CPU device: lmms-eval runs one process; an XLA_FLAGS of only spaces would be read as a file name
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "HF_HOME": hf_home, "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "LMMS_EVAL_PLUGINS": "vlm3r_jax.lmms_eval", "PYTHONPATH": ROOT,
+           "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ROOT,
            "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    if not flags:
+        del env["XLA_FLAGS"]
     r = subprocess.run(cmd, cwd=str(tmp), env=env, capture_output=True, text=True, timeout=600)
     results = glob.glob(str(out / "**" / "*_results.json"), recursive=True)
     samples = glob.glob(str(out / "**" / f"*_samples_{TASK}.jsonl"), recursive=True)
