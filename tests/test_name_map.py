@@ -14,6 +14,7 @@ from vlm3r_jax.convert.assign import (
     Block,
     Permute,
     Rows,
+    Src,
     export_tensors,
     flat_arrays,
     flat_variables,
@@ -29,6 +30,7 @@ from vlm3r_jax.convert.hf_siglip import siglip_mapping
 from vlm3r_jax.convert.llava_projector import projector_mapping
 from vlm3r_jax.convert.release_layout import LORA_KEY, lora_paths, release_maps
 from vlm3r_jax.convert.vlm3r_release import merge_lora_rules
+from vlm3r_jax.layers import Linear
 from vlm3r_jax.models.cut3r.config import tiny_config
 from vlm3r_jax.models.fusion import FUSION_VARIANTS, FusionConfig, build_fusion
 from vlm3r_jax.models.lora import LoRAConfig
@@ -181,3 +183,11 @@ def test_merged_lora_on_load_is_w_plus_scaled_ba(tiny_vlm3r):
     # a computed rule is not a rename: exporting through it is refused
     with pytest.raises(CheckpointError, match="computed"):
         export_tensors(plain, merge_lora_rules(maps["llm"], scale))
+
+
+def test_an_export_missing_a_parameter_is_refused():
+    """A map entry whose parameter the state lacks is an error, not a file with a tensor missing."""
+    state = nnx.state(Linear(3, 2, axes=("embed", "mlp"), rngs=nnx.Rngs(0)), nnx.Param)
+    mapping = {"kernel": Src("w"), "bias": Src("b"), "extra": Src("x")}
+    with pytest.raises(CheckpointError, match=r"\['extra'\] missing from the state"):
+        export_tensors(state, mapping)

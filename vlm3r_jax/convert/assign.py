@@ -281,7 +281,8 @@ def export_tensors(state: Any, mapping: Mapping[str, Src], *, fill: TensorSource
                    what: str = "export") -> dict[str, np.ndarray]:
     """``{reference key: numpy array}`` of the parameters of a concrete ``state``: the inverse of
     :func:`load_state` through the same ``mapping`` (each :class:`Layout` saved back, packed row
-    blocks concatenated in order). Entries for parameters ``state`` lacks are skipped, as on load.
+    blocks concatenated in order). Every entry of ``mapping`` must name a parameter of ``state``, so a
+file missing a tensor is never written silently (callers pass the part of a map they export).
     ``fill`` (the original checkpoint) gives back what lossy layouts dropped on load (vocabulary
     rows past ``len(tokenizer)``)."""
     variables = flat_variables(state)
@@ -289,6 +290,9 @@ def export_tensors(state: Any, mapping: Mapping[str, Src], *, fill: TensorSource
     unmapped = sorted(set(slots) - set(mapping))
     if unmapped:
         raise CheckpointError(f"internal: no name rule for parameters {unmapped[:10]} ({what})")
+    absent = sorted(set(mapping) - set(slots))
+    if absent:
+        raise CheckpointError(f"internal: parameters {absent[:10]} missing from the state being exported ({what})")
     arrays: dict[str, np.ndarray] = {}
     out: dict[str, np.ndarray] = {}
     packed: dict[str, dict[int, np.ndarray]] = {}

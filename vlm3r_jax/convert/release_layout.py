@@ -105,6 +105,9 @@ def component_tensors(model: nnx.Module, name: str, *, params: Any = _BASE_PARAM
     if part is None:
         return {}
     mapping = release_maps(model.cfg, nnx.state(model, nnx.Param), lora_modules=lora_paths(model))[name]
+    # the adapters go to their own file: each export takes its half of the map, and all of that half
+    adapters = params is nnx.LoRAParam
+    mapping = {k: v for k, v in mapping.items() if v.key_tuple[0].startswith(LORA_KEY) == adapters}
     out = export_tensors(nnx.state(part, params), mapping, fill=fill, what=f"{name} export")
     return {k: to_numpy(v, dtype) for k, v in out.items()}
 
