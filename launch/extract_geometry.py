@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -41,12 +42,25 @@ def official_cache_path(video_path: str) -> str:
 
 
 def cache_path(rel: str, out_dir: str, fmt: str) -> str:
-    return os.path.join(out_dir, os.path.splitext(rel)[0] + (".safetensors" if fmt == "safetensors" else ".npz"))
+    from vlm3r_jax import storage
+
+    return storage.join(out_dir, os.path.splitext(rel)[0] + (".safetensors" if fmt == "safetensors" else ".npz"))
 
 
 def save_feature_cache(path: str, tokens: np.ndarray, out_dtype: str = "float16", meta: dict | None = None) -> None:
     """tokens [F, 1 + N, D] (camera first) -> ``camera_tokens`` [F, 1, D] + ``patch_tokens`` [F, N, D],
-    written atomically (temporary name, then rename)."""
+    written atomically (temporary name, then rename; on a bucket, one object write of a file made
+    locally first)."""
+    from vlm3r_jax import storage
+
+    if storage.is_uri(path):
+        with tempfile.TemporaryDirectory() as d:
+            local = os.path.join(d, os.path.basename(path))
+            save_feature_cache(local, tokens, out_dtype, meta)
+            storage.makedirs(os.path.dirname(path))
+            with open(local, "rb") as f:
+                storage.write_atomic(path, f.read())
+        return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     arrs = {"camera_tokens": tokens[:, :1].astype(out_dtype), "patch_tokens": tokens[:, 1:].astype(out_dtype)}
     if path.endswith(".safetensors"):
@@ -60,7 +74,13 @@ def save_feature_cache(path: str, tokens: np.ndarray, out_dtype: str = "float16"
 
 
 def load_feature_cache(path: str) -> np.ndarray:
-    """A cache file (ours: .safetensors/.npz; official: .pt) -> tokens [F, 1 + N, D], camera token first."""
+    """A cache file (ours: .safetensors/.npz; official: .pt) -> tokens [F, 1 + N, D], camera token first.
+    A URI is read from a local copy (``vlm3r_jax/fetch_cache.py``): the readers seek within the file."""
+    from vlm3r_jax import fetch_cache, storage
+
+    if storage.is_uri(path):
+        with fetch_cache.open_local(path) as f:
+            return load_feature_cache(f.name)
     if path.endswith(".safetensors"):
         from vlm3r_jax.convert.safetensors_io import SafetensorsDir
 
@@ -148,12 +168,15 @@ def extract(config, videos: str, out: str, limit: int = 0, overwrite: bool = Fal
 
 
 def convert_pt_cache(src_dir: str, out: str, fmt: str = "safetensors", out_dtype: str | None = None) -> list[str]:
-    """Official ``spatial_features/*.pt`` files -> our format (pickle-free, no torch needed)."""
+    """Official ``spatial_features/*.pt`` files -> our format (pickle-free, no torch needed);
+    either side may be a URI."""
     from tqdm import tqdm
+
+    from vlm3r_jax import storage
 
     written = []
     for rel in tqdm(list(iter_videos(src_dir, (".pt",))), desc="convert .pt", unit="file"):
-        tok = load_feature_cache(os.path.join(src_dir, rel))
+        tok = load_feature_cache(storage.join(src_dir, rel))
         dst = cache_path(rel, out, fmt)
         save_feature_cache(dst, tok, out_dtype or str(tok.dtype))
         written.append(dst)

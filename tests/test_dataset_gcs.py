@@ -147,3 +147,22 @@ def test_extract_geometry_from_the_bucket_equals_local(gcs, tmp_path):
                                       geometry_cache.read_entry_unchecked(lb)[0])
     with pytest.raises(FileNotFoundError, match=f"gs://{BUCKET}/no-videos"):
         extract(cfg, f"gs://{BUCKET}/no-videos", str(tmp_path / "out2"))
+
+
+def test_feature_caches_of_every_format_round_trip_through_the_bucket(gcs, tmp_path):
+    """The npz / unkeyed safetensors writers and the official-.pt converter take URIs on both sides."""
+    from launch.extract_geometry import convert_pt_cache, load_feature_cache, save_feature_cache
+    from vlm3r_jax.convert.torch_save import save_torch
+
+    tok = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float16)
+    for ext in ("npz", "safetensors"):
+        uri = f"gs://{BUCKET}/feat/sub/a.{ext}"
+        save_feature_cache(uri, tok, "float16")
+        np.testing.assert_array_equal(load_feature_cache(uri), tok)
+    local = tmp_path / "spatial_features"
+    local.mkdir()
+    save_torch(str(local / "scene0.pt"), {"camera_tokens": tok[:, :1], "patch_tokens": tok[:, 1:]})
+    storage.copy_tree(str(local), f"gs://{BUCKET}/official")
+    written = convert_pt_cache(f"gs://{BUCKET}/official", f"gs://{BUCKET}/converted")
+    assert written == [f"gs://{BUCKET}/converted/scene0.safetensors"]
+    np.testing.assert_array_equal(load_feature_cache(written[0]), tok)
