@@ -42,7 +42,6 @@ class MetricWindow:
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.pending: list[_Pending] = []
         self.started = time.perf_counter()
-        self.fetches = 0  # host syncs so far (tests check that there is one per window)
 
     def add(self, step: int, metrics: dict[str, jax.Array], data_wait: float, *, flops: float | None = None,
             seq_tokens: float | None = None) -> None:
@@ -56,7 +55,6 @@ class MetricWindow:
             return []
         jax.block_until_ready(self.pending[-1].metrics)
         now = time.perf_counter()
-        self.fetches += 1
         window, self.pending = self.pending, []
         step_time = (now - self.started) / len(window)
         self.started = now
