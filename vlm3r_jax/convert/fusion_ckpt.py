@@ -21,9 +21,8 @@ from vlm3r_jax.convert.assign import (
     Layout,
     Src,
     export_tensors,
-    flat_variables,
     identity,
-    per_layer_slots,
+    param_slots,
     transpose,
 )
 from vlm3r_jax.models.fusion import FusionConfig, build_fusion
@@ -51,12 +50,10 @@ def reference_mapping(state: Any = None, prefix: str = "model.fusion_block.", ou
     cross-attention block's."""
     if state is None:
         state = nnx.state(nnx.eval_shape(lambda: build_fusion(FusionConfig(), rngs=nnx.Rngs(0))), nnx.Param)
-    variables = flat_variables(state)
     out = {}
-    for path, (stored, _) in per_layer_slots(state).items():
-        if isinstance(variables[stored], nnx.Param):
-            key, op = reference_name(path)
-            out[ours + path] = Src(prefix + key, op)
+    for path in param_slots(state):
+        key, op = reference_name(path)
+        out[ours + path] = Src(prefix + key, op)
     return out
 
 
