@@ -25,7 +25,6 @@ from vlm3r_jax.convert.assign import (
     param_slots,
     transpose,
 )
-from vlm3r_jax.models.fusion import FusionConfig, build_fusion
 
 _MHA_IN = re.compile(r"^(.*\b(?:cross_attention|self_attention))\.([qkv])_proj\.(kernel|bias)$")
 
@@ -44,12 +43,9 @@ def reference_name(path: str) -> tuple[str, Layout]:
     return path, identity
 
 
-def reference_mapping(state: Any = None, prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Src]:
+def reference_mapping(state: Any, prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Src]:
     """``{our path (under ours): Src(reference key under prefix, layout)}`` for every parameter of
-    a fusion block's (abstract) ``state``, any variant; without ``state``, the released
-    cross-attention block's."""
-    if state is None:
-        state = nnx.state(nnx.eval_shape(lambda: build_fusion(FusionConfig(), rngs=nnx.Rngs(0))), nnx.Param)
+    a fusion block's (abstract) ``state``, any variant."""
     out = {}
     for path in param_slots(state):
         key, op = reference_name(path)

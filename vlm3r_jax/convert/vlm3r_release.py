@@ -21,7 +21,6 @@ from data_pipeline.tokenizer import QwenTokenizer
 from vlm3r_jax.convert import cut3r_ckpt
 from vlm3r_jax.convert.assign import Src, load_state
 from vlm3r_jax.convert.errors import CheckpointError
-from vlm3r_jax.convert.fusion_ckpt import reference_mapping as fusion_mapping  # noqa: F401  (tests' name)
 from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE
 from vlm3r_jax.convert.hf_siglip import load_siglip_state
 from vlm3r_jax.convert.hub import CONFIG_FILES, HubError, resolve, resolve_vlm3r
