@@ -96,19 +96,19 @@ def lora_paths(model: nnx.Module) -> list[str]:
 _BASE_PARAMS = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
 
 
-def component_tensors(model: nnx.Module, name: str, *, params: Any = _BASE_PARAMS, dtype: Any = None,
+def component_tensors(model: nnx.Module, name: str, *, adapters: bool = False, dtype: Any = None,
                       fill: Any = None) -> dict[str, np.ndarray]:
-    """``{reference key: array}`` of ``model.<name>``'s parameters (those of type ``params``)
-    through the released layout's map; {} when the model lacks that part. ``fill``: the original
-    checkpoint, for the vocabulary rows cut on load."""
+    """``{reference key: array}`` of ``model.<name>``'s parameters through the released layout's
+    map: its base parameters, or with ``adapters`` its PEFT adapters (``lora:`` keys); {} when the
+    model lacks that part. ``fill``: the original checkpoint, for the vocabulary rows cut on load."""
     part = getattr(model, name)
     if part is None:
         return {}
     mapping = release_maps(model.cfg, nnx.state(model, nnx.Param), lora_modules=lora_paths(model))[name]
     # the adapters go to their own file: each export takes its half of the map, and all of that half
-    adapters = params is nnx.LoRAParam
     mapping = {k: v for k, v in mapping.items() if v.key_tuple[0].startswith(LORA_KEY) == adapters}
-    out = export_tensors(nnx.state(part, params), mapping, fill=fill, what=f"{name} export")
+    out = export_tensors(nnx.state(part, nnx.LoRAParam if adapters else _BASE_PARAMS), mapping, fill=fill,
+                         what=f"{name} export")
     return {k: to_numpy(v, dtype) for k, v in out.items()}
 
 
@@ -147,7 +147,7 @@ def lora_tensors(model: nnx.Module, dtype: Any = None) -> tuple[dict[str, np.nda
     if not mods:
         return {}, {}
     tensors = {k[len(LORA_KEY):]: v for k, v in
-               component_tensors(model, "llm", params=nnx.LoRAParam, dtype=dtype).items()}
+               component_tensors(model, "llm", adapters=True, dtype=dtype).items()}
     targets = sorted(k[len(PEFT_PREFIX): -len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight"))
     ranks = {a.shape[1] for _, a, _, _ in mods.values()}
     scales = {s for _, _, _, s in mods.values()}
