@@ -59,12 +59,12 @@ def peft_key(weight_key: str, which: str) -> str:
     return f"{PEFT_PREFIX}{weight_key[: -len('.weight')]}.lora_{which}.weight"
 
 
-def llm_map(cfg: Qwen2Config, lora_modules: Iterable[str] = ()) -> dict[str, Src]:
-    """The Qwen2 under HF names, its vocabulary cut to ``cfg.vocab_size`` rows, plus the PEFT
-    adapters of ``lora_modules`` (per-layer Linear paths, ``"layers.0.attn.q"``): ``lora.lora_a``
-    [in, r] <-> ``lora:<peft_key A>`` [r, in], ``lora.lora_b`` [r, out] <-> ``lora:<peft_key B>``
-    [out, r]; ``lora:`` marks the adapter file (:data:`LORA_KEY`)."""
-    m = hf_mapping(cfg, truncate_vocab=True)
+def with_adapters(llm_rules: dict[str, Src], lora_modules: Iterable[str]) -> dict[str, Src]:
+    """``llm_rules`` (the Qwen2 under HF names) plus the PEFT adapters of ``lora_modules``
+    (per-layer Linear paths, ``"layers.0.attn.q"``): ``lora.lora_a`` [in, r] <-> ``lora:<peft_key
+    A>`` [r, in], ``lora.lora_b`` [r, out] <-> ``lora:<peft_key B>`` [out, r]; ``lora:`` marks the
+    adapter file (:data:`LORA_KEY`)."""
+    m = dict(llm_rules)
     for mod in lora_modules:
         weight = m[mod + ".kernel"].keys
         m[f"{mod}.lora.lora_a"] = Src(LORA_KEY + peft_key(weight, "A"), transpose)
@@ -72,19 +72,42 @@ def llm_map(cfg: Qwen2Config, lora_modules: Iterable[str] = ()) -> dict[str, Src
     return m
 
 
+def llm_map(cfg: Qwen2Config, lora_modules: Iterable[str] = ()) -> dict[str, Src]:
+    """The Qwen2 under HF names, its vocabulary cut to ``cfg.vocab_size`` rows, plus the PEFT
+    adapters of ``lora_modules`` (:func:`with_adapters`)."""
+    return with_adapters(hf_mapping(cfg, truncate_vocab=True), lora_modules)
+
+
+COMPONENTS = ("llm", "vision_tower", "mm_projector", "fusion_block", "spatial_tower")
+
+
+def component_map(cfg: Any, name: str, part_state: Any, *, lora_modules: Iterable[str] = (),
+                  cut3r_keys: set[str] | None = None) -> dict[str, Src]:
+    """The released layout's name map of one VLM-3R submodule ``name`` (:data:`COMPONENTS`) of a
+    model with config ``cfg``; ``part_state``: that submodule's (abstract or concrete) state,
+    which the fusion block's and CUT3R's maps follow. ``lora_modules``: the LLM's adapted
+    Linears; ``cut3r_keys``: the CUT3R checkpoint's keys, to resolve its aliases on load."""
+    if name == "llm":
+        return llm_map(cfg.llm, lora_modules)
+    if name == "vision_tower":
+        return siglip_mapping(cfg.vision, SIGLIP_PREFIX)
+    if name == "mm_projector":
+        return projector_mapping(cfg.projector)
+    if name == "fusion_block":
+        return reference_mapping(part_state, FUSION_PREFIX)
+    if name == "spatial_tower":
+        return name_map(part_state, cut3r_keys)
+    raise ValueError(f"unknown VLM-3R submodule {name!r}; valid: {COMPONENTS}")
+
+
 def release_maps(cfg: Any, state: Any, *, lora_modules: Iterable[str] = (),
                  cut3r_keys: set[str] | None = None) -> dict[str, dict[str, Src]]:
-    """The released layout as ``{VLM-3R submodule: name map}`` for a model with config ``cfg`` and
-    (abstract or concrete) ``state``. Keys are the base directory's (LLM, SigLIP, projector, fusion
-    block), ``lora:`` + the adapter file's, and the CUT3R ``.pth``'s ``model`` dict's.
-    ``cut3r_keys``: the CUT3R checkpoint's keys, to resolve its aliases on load."""
-    maps = {"llm": llm_map(cfg.llm, lora_modules),
-            "vision_tower": siglip_mapping(cfg.vision, SIGLIP_PREFIX),
-            "mm_projector": projector_mapping(cfg.projector)}
-    if cfg.geometry is not None:
-        maps["fusion_block"] = reference_mapping(state["fusion_block"], FUSION_PREFIX)
-        maps["spatial_tower"] = name_map(state["spatial_tower"], cut3r_keys)
-    return maps
+    """The released layout as ``{VLM-3R submodule: name map}`` (:func:`component_map` of each)
+    for a model with config ``cfg`` and (abstract or concrete) ``state``. Keys are the base
+    directory's (LLM, SigLIP, projector, fusion block), ``lora:`` + the adapter file's, and the
+    CUT3R ``.pth``'s ``model`` dict's."""
+    names = COMPONENTS if cfg.geometry is not None else COMPONENTS[:3]
+    return {n: component_map(cfg, n, state[n], lora_modules=lora_modules, cut3r_keys=cut3r_keys) for n in names}
 
 
 def lora_paths(model: nnx.Module) -> list[str]:
@@ -104,7 +127,8 @@ def component_tensors(model: nnx.Module, name: str, *, adapters: bool = False, d
     part = getattr(model, name)
     if part is None:
         return {}
-    mapping = release_maps(model.cfg, nnx.state(model, nnx.Param), lora_modules=lora_paths(model))[name]
+    mapping = component_map(model.cfg, name, nnx.state(part, nnx.Param),
+                            lora_modules=lora_paths(model) if name == "llm" else ())
     # the adapters go to their own file: each export takes its half of the map, and all of that half
     mapping = {k: v for k, v in mapping.items() if v.key_tuple[0].startswith(LORA_KEY) == adapters}
     out = export_tensors(nnx.state(part, nnx.LoRAParam if adapters else _BASE_PARAMS), mapping, fill=fill,

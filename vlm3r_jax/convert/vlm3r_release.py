@@ -25,7 +25,14 @@ from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE
 from vlm3r_jax.convert.hf_siglip import load_siglip_state
 from vlm3r_jax.convert.hub import CONFIG_FILES, HubError, resolve, resolve_vlm3r
 from vlm3r_jax.convert.json_config import read_json_object
-from vlm3r_jax.convert.release_layout import FUSION_PREFIX, LORA_KEY, SIGLIP_PREFIX, llm_map, peft_key, release_maps
+from vlm3r_jax.convert.release_layout import (
+    FUSION_PREFIX,
+    LORA_KEY,
+    SIGLIP_PREFIX,
+    component_map,
+    peft_key,
+    with_adapters,
+)
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir
 from vlm3r_jax.convert.sources import DictSource, OverlaySource, TensorSource
 from vlm3r_jax.convert.torch_pickle import TorchPickleSource
@@ -233,12 +240,11 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     return cfg, info
 
 
-def _adapted_modules(cfg: VLM3RConfig, lora_src: TensorSource | None) -> list[str]:
-    """Per-layer LLM Linear paths whose PEFT adapter ``lora_src`` holds."""
-    if lora_src is None:
-        return []
+def _adapted_modules(llm_rules: dict[str, Src], lora_src: TensorSource) -> list[str]:
+    """Per-layer LLM Linear paths (of ``llm_rules``, the LLM map without adapters) whose PEFT
+    adapter ``lora_src`` holds."""
     keys = set(lora_src.keys())
-    return [p[: -len(".kernel")] for p, rule in llm_map(cfg.llm).items()
+    return [p[: -len(".kernel")] for p, rule in llm_rules.items()
             if p.endswith(".kernel") and peft_key(rule.keys, "A") in keys]
 
 
@@ -338,24 +344,26 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
     src = OverlaySource(base, non_lora)
     lora_src = _open_torch_or_safetensors(info["lora"]["path"]) if info["lora"] is not None else None
     geo_src = cut3r_ckpt.open_checkpoint(info["geometry"])[1] if cfg.geometry is not None else None
-    maps = release_maps(cfg, state, lora_modules=_adapted_modules(cfg, lora_src),
-                        cut3r_keys=set(geo_src.keys()) if geo_src is not None else None)
     proj = [k for k in src.keys() if k.startswith("model.mm_projector.") or k == "model.image_newline"]
     state["mm_projector"] = load_state(state["mm_projector"], DictSource({k: src.get(k) for k in proj}, name=src.where()),
-                                       maps["mm_projector"], dtype=jdt, what="projector")
+                                       component_map(cfg, "mm_projector", state["mm_projector"]), dtype=jdt,
+                                       what="projector")
     if cfg.geometry is not None:
         # a merged / fully fine-tuned directory keeps the fusion block in its safetensors
         fusion_src = DictSource({k: src.get(k) for k in src.keys() if k.startswith(FUSION_PREFIX)}, name=src.where())
-        state["fusion_block"] = load_state(state["fusion_block"], fusion_src, maps["fusion_block"], dtype=jdt,
+        state["fusion_block"] = load_state(state["fusion_block"], fusion_src,
+                                           component_map(cfg, "fusion_block", state["fusion_block"]), dtype=jdt,
                                            what="fusion block (non_lora_trainables.bin)")
-        state["spatial_tower"] = load_state(state["spatial_tower"], geo_src, maps["spatial_tower"],
+        geo_map = component_map(cfg, "spatial_tower", state["spatial_tower"], cut3r_keys=set(geo_src.keys()))
+        state["spatial_tower"] = load_state(state["spatial_tower"], geo_src, geo_map,
                                             ignore=cut3r_ckpt.IGNORED_SOURCE_KEYS, dtype=jdt, what="CUT3R checkpoint")
-    # the same names as maps["vision_tower"], read relative to the prefix (with the unused layers skipped)
+    # the names of the release's vision_tower map, read relative to the prefix (with the unused layers skipped)
     state["vision_tower"] = load_siglip_state(state["vision_tower"], src, cfg.vision, prefix=SIGLIP_PREFIX, dtype=jdt)
     parts: dict[str, TensorSource] = {"": src}
+    llm_rules = component_map(cfg, "llm", state["llm"])
     if lora_src is not None:
         parts[LORA_KEY] = lora_src
-    llm_rules = maps["llm"]
+        llm_rules = with_adapters(llm_rules, _adapted_modules(llm_rules, lora_src))
     if lora_src is not None and not keep_lora:
         llm_rules = merge_lora_rules(llm_rules, info["lora"]["scale"])
     state["llm"] = load_state(
