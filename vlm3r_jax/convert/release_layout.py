@@ -167,14 +167,15 @@ def lora_tensors(model: nnx.Module, dtype: Any = None) -> tuple[dict[str, np.nda
     """PEFT adapter state dict (``base_model.model.<HF module>.lora_A.weight`` [r, in], ``lora_B``
     [out, r]) and the facts for adapter_config.json (r, alpha, dropout, target_modules)."""
 
-    mods = _lora_modules(model.llm)
-    if not mods:
+    if not lora_paths(model):
         return {}, {}
     tensors = {k[len(LORA_KEY):]: v for k, v in
                component_tensors(model, "llm", adapters=True, dtype=dtype).items()}
-    targets = sorted(k[len(PEFT_PREFIX): -len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight"))
-    ranks = {a.shape[1] for _, a, _, _ in mods.values()}
-    scales = {s for _, _, _, s in mods.values()}
+    a_keys = [k for k in tensors if k.endswith(".lora_A.weight")]
+    targets = sorted(k[len(PEFT_PREFIX): -len(".lora_A.weight")] for k in a_keys)
+    # from the exported adapters (A [r, in]) and the modules' scales: no base kernel leaves the device
+    ranks = {tensors[k].shape[0] for k in a_keys}
+    scales = {float(lin.lora.scale) for _, lin, _ in lora_layers(model.llm)}
     if len(ranks) != 1 or len(scales) != 1:
         raise CheckpointError(f"PEFT's adapter_config.json holds one r and one alpha, but the adapters have ranks "
                               f"{sorted(ranks)} and scales {sorted(scales)}")
