@@ -83,7 +83,8 @@ def find_adapter_weights(lora_dir: str) -> str:
 
 
 def read_adapter_facts(lora_dir: str) -> dict | None:
-    """{r, alpha, scale, dropout, path} of the PEFT adapter in ``lora_dir``, or None when the
+    """{r, alpha, scale, dropout, path, source} of the PEFT adapter in ``lora_dir`` (``source``: its
+    weights, opened once for the rank check and the load), or None when the
     directory holds neither adapter weights nor adapter_config.json. Weights without a config, or
     a config whose ``r`` disagrees with the tensors, would change the model silently (no LoRA, or
     a wrong scale): both are errors."""
@@ -109,7 +110,8 @@ def read_adapter_facts(lora_dir: str) -> dict | None:
                               f"{sorted(ranks)}; the scale lora_alpha / r would be wrong. Use the adapter_config.json "
                               "saved with these weights")
     scale = alpha / (r ** 0.5) if ac.get("use_rslora") else alpha / r
-    return dict(r=r, alpha=float(alpha), scale=scale, dropout=float(ac.get("lora_dropout", 0.0) or 0.0), path=path)
+    return dict(r=r, alpha=float(alpha), scale=scale, dropout=float(ac.get("lora_dropout", 0.0) or 0.0), path=path,
+                source=src)
 
 
 def resolve_vision_config(cfg_json: dict, base_dir: str, search_dirs: list[str], source: TensorSource,
@@ -169,7 +171,8 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
                          vision_config: str | dict | None = None, keep_lora: bool = False,
                          attention_impl: str = "auto") -> tuple[Any, dict]:
     """VLM3RConfig for a released checkpoint; returns (config, info) where info holds the
-    sources and facts the loader needs."""
+    resolved paths, the opened sources (``base``, ``geometry_source``, ``lora["source"]``) and the
+    facts the loader needs."""
 
     lora_dir, base_dir, geometry = resolve_vlm3r(lora_dir, base_dir, geometry)
     if not os.path.isdir(base_dir):
@@ -200,7 +203,7 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     # the reference pools video frames with get_2dPool's default stride 2, whatever
     # mm_spatial_pool_stride says (that key only feeds its unused encode_multimodals)
     projector = ProjectorConfig.from_llava_config(cj, num_patches_per_side=vision.num_patches_per_side, pool_stride=2)
-    geo_cfg = None
+    geo_cfg = geo_src = None
     # fusion_num_heads / spatial_tower_image_size: written by our export only when they differ from
     # the constants the reference hard-codes (18 heads, 432x432)
     try:
@@ -235,8 +238,8 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
         spatial_select=cj.get("spatial_tower_select_feature", "patch_tokens"),  # the reference's default
         geometry_image_size=tuple(int(x) for x in cj.get("spatial_tower_image_size", (432, 432))),
         model_max_length=int(cj.get("tokenizer_model_max_length", 32768)), lora=lora)
-    info = dict(base=base, base_dir=base_dir, lora_dir=lora_dir, geometry=geometry, lora=lora_info,
-                tokenizer_dir=base_dir, config_json=cj)
+    info = dict(base=base, base_dir=base_dir, lora_dir=lora_dir, geometry=geometry, geometry_source=geo_src,
+                lora=lora_info, tokenizer_dir=base_dir, config_json=cj)
     return cfg, info
 
 
@@ -315,10 +318,13 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
     Returns ``(config, model, info)``.
     """
 
-    lora_dir, base_dir, geometry = resolve_vlm3r(lora_dir, base_dir, geometry)
     cfg, info = build_release_config(lora_dir, base_dir, geometry, dtype=dtype, vision_config=vision_config,
                                      keep_lora=keep_lora, attention_impl=attention_impl)
+    lora_dir = info["lora_dir"]  # resolved (a Hub id is now its snapshot folder)
     base: SafetensorsDir = info["base"]
+    # the sources build_release_config opened, read here once more and not kept in the returned info
+    lora_src = info["lora"].pop("source") if info["lora"] is not None else None
+    geo_src = info.pop("geometry_source")
     graphdef, state = abstract_release_state(cfg, param_dtypes)
     jdt = None if param_dtypes is not None else jnp.dtype(dtype)  # None: each tensor keeps its target's dtype
 
@@ -342,8 +348,6 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
         non_lora = DictSource({k: non_lora.get(k) for k in non_lora.keys() if k not in dropped},
                               name=non_lora.where())
     src = OverlaySource(base, non_lora)
-    lora_src = _open_torch_or_safetensors(info["lora"]["path"]) if info["lora"] is not None else None
-    geo_src = cut3r_ckpt.open_checkpoint(info["geometry"])[1] if cfg.geometry is not None else None
     proj = [k for k in src.keys() if k.startswith("model.mm_projector.") or k == "model.image_newline"]
     state["mm_projector"] = load_state(state["mm_projector"], DictSource({k: src.get(k) for k in proj}, name=src.where()),
                                        component_map(cfg, "mm_projector", state["mm_projector"]), dtype=jdt,
