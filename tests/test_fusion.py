@@ -8,7 +8,8 @@ from flax import nnx
 
 from vlm3r_jax.convert import DictSource
 from vlm3r_jax.convert.assign import load_state
-from vlm3r_jax.convert.vlm3r_release import fusion_mapping, strip_non_lora_prefixes
+from vlm3r_jax.convert.fusion_ckpt import reference_mapping
+from vlm3r_jax.convert.vlm3r_release import strip_non_lora_prefixes
 from vlm3r_jax.models.fusion import CrossAttentionFusion, FusionConfig
 
 
@@ -45,7 +46,7 @@ def _torch_fusion(d_clip, d_spatial, heads, seed):
 def _ours(cfg, state_dict):
     model = CrossAttentionFusion(cfg, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
-    state = load_state(state, DictSource(state_dict), fusion_mapping(), what="fusion block")
+    state = load_state(state, DictSource(state_dict), reference_mapping(state), what="fusion block")
     return nnx.merge(graphdef, state)
 
 

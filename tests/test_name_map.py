@@ -19,7 +19,7 @@ from vlm3r_jax.convert.assign import (
     flat_arrays,
     flat_variables,
     load_state,
-    per_layer_slots,
+    param_slots,
     transpose,
 )
 from vlm3r_jax.convert.cut3r_ckpt import name_map
@@ -59,8 +59,7 @@ def _random(build, seed=0):
 
 
 def _param_names(state):
-    variables = flat_variables(state)
-    return {n for n, (p, _) in per_layer_slots(state).items() if isinstance(variables[p], nnx.Param)}
+    return set(param_slots(state))
 
 
 def _round_trip(state, mapping, source_extra=None):

@@ -180,6 +180,13 @@ def per_layer_slots(state: Any) -> dict[str, tuple[str, int | None]]:
     return out
 
 
+def param_slots(state: Any) -> dict[str, tuple[str, int | None]]:
+    """:func:`per_layer_slots` of the ``nnx.Param`` variables only: what checkpoints hold (RNG
+    streams, caches and the like are not written or read)."""
+    variables = flat_variables(state)
+    return {n: (p, i) for n, (p, i) in per_layer_slots(state).items() if isinstance(variables[p], nnx.Param)}
+
+
 def flat_arrays(state: Any) -> dict[str, np.ndarray]:
     """``{per-layer name: numpy array}`` of a concrete state (for export and tests): layer
     stacks come out as one array per layer, under the names checkpoints use."""
@@ -206,7 +213,7 @@ def load_state(
     """
     # Only parameters come from checkpoints; RNG streams, caches and the like pass through.
     variables = flat_variables(state)
-    slots = {n: (p, i) for n, (p, i) in per_layer_slots(state).items() if isinstance(variables[p], nnx.Param)}
+    slots = param_slots(state)
     unmapped = sorted(set(slots) - set(mapping))
     if unmapped:
         raise CheckpointError(f"internal: no source rule for parameters {unmapped[:10]} ({what})")
@@ -286,7 +293,7 @@ file missing a tensor is never written silently (callers pass the part of a map 
     ``fill`` (the original checkpoint) gives back what lossy layouts dropped on load (vocabulary
     rows past ``len(tokenizer)``)."""
     variables = flat_variables(state)
-    slots = {n: (p, i) for n, (p, i) in per_layer_slots(state).items() if isinstance(variables[p], nnx.Param)}
+    slots = param_slots(state)
     unmapped = sorted(set(slots) - set(mapping))
     if unmapped:
         raise CheckpointError(f"internal: no name rule for parameters {unmapped[:10]} ({what})")

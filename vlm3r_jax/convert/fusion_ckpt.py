@@ -21,12 +21,10 @@ from vlm3r_jax.convert.assign import (
     Layout,
     Src,
     export_tensors,
-    flat_variables,
     identity,
-    per_layer_slots,
+    param_slots,
     transpose,
 )
-from vlm3r_jax.models.fusion import FusionConfig, build_fusion
 
 _MHA_IN = re.compile(r"^(.*\b(?:cross_attention|self_attention))\.([qkv])_proj\.(kernel|bias)$")
 
@@ -45,18 +43,13 @@ def reference_name(path: str) -> tuple[str, Layout]:
     return path, identity
 
 
-def reference_mapping(state: Any = None, prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Src]:
+def reference_mapping(state: Any, prefix: str = "model.fusion_block.", ours: str = "") -> dict[str, Src]:
     """``{our path (under ours): Src(reference key under prefix, layout)}`` for every parameter of
-    a fusion block's (abstract) ``state``, any variant; without ``state``, the released
-    cross-attention block's."""
-    if state is None:
-        state = nnx.state(nnx.eval_shape(lambda: build_fusion(FusionConfig(), rngs=nnx.Rngs(0))), nnx.Param)
-    variables = flat_variables(state)
+    a fusion block's (abstract) ``state``, any variant."""
     out = {}
-    for path, (stored, _) in per_layer_slots(state).items():
-        if isinstance(variables[stored], nnx.Param):
-            key, op = reference_name(path)
-            out[ours + path] = Src(prefix + key, op)
+    for path in param_slots(state):
+        key, op = reference_name(path)
+        out[ours + path] = Src(prefix + key, op)
     return out
 
 

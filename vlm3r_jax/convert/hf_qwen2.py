@@ -104,11 +104,7 @@ def config_from_dir(hf_dir: str, **overrides: Any) -> Qwen2Config:
     hf = read_hf_config(hf_dir)
     gen_path = os.path.join(hf_dir, "generation_config.json")
     if "eos_token_ids" not in overrides and os.path.exists(gen_path):
-        try:
-            with open(gen_path, encoding="utf-8") as f:
-                gen_eos = json.load(f).get("eos_token_id")
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{gen_path} is not valid JSON: {e}") from e
+        gen_eos = read_json_object(gen_path).get("eos_token_id")
         ids = [] if gen_eos is None else (gen_eos if isinstance(gen_eos, list) else [gen_eos])
         overrides["eos_token_ids"] = tuple(int(i) for i in ids)
     return Qwen2Config.from_hf_config(hf, source=os.path.join(hf_dir, "config.json"), **overrides)

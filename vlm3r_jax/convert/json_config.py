@@ -15,8 +15,6 @@ def read_json_object(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except FileNotFoundError:
-        raise
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); re-download or re-export it") from e
     except RecursionError as e:

@@ -59,12 +59,12 @@ def peft_key(weight_key: str, which: str) -> str:
     return f"{PEFT_PREFIX}{weight_key[: -len('.weight')]}.lora_{which}.weight"
 
 
-def llm_map(cfg: Qwen2Config, lora_modules: Iterable[str] = ()) -> dict[str, Src]:
-    """The Qwen2 under HF names, its vocabulary cut to ``cfg.vocab_size`` rows, plus the PEFT
-    adapters of ``lora_modules`` (per-layer Linear paths, ``"layers.0.attn.q"``): ``lora.lora_a``
-    [in, r] <-> ``lora:<peft_key A>`` [r, in], ``lora.lora_b`` [r, out] <-> ``lora:<peft_key B>``
-    [out, r]; ``lora:`` marks the adapter file (:data:`LORA_KEY`)."""
-    m = hf_mapping(cfg, truncate_vocab=True)
+def with_adapters(llm_rules: dict[str, Src], lora_modules: Iterable[str]) -> dict[str, Src]:
+    """``llm_rules`` (the Qwen2 under HF names) plus the PEFT adapters of ``lora_modules``
+    (per-layer Linear paths, ``"layers.0.attn.q"``): ``lora.lora_a`` [in, r] <-> ``lora:<peft_key
+    A>`` [r, in], ``lora.lora_b`` [r, out] <-> ``lora:<peft_key B>`` [out, r]; ``lora:`` marks the
+    adapter file (:data:`LORA_KEY`)."""
+    m = dict(llm_rules)
     for mod in lora_modules:
         weight = m[mod + ".kernel"].keys
         m[f"{mod}.lora.lora_a"] = Src(LORA_KEY + peft_key(weight, "A"), transpose)
@@ -72,19 +72,42 @@ def llm_map(cfg: Qwen2Config, lora_modules: Iterable[str] = ()) -> dict[str, Src
     return m
 
 
+def llm_map(cfg: Qwen2Config, lora_modules: Iterable[str] = ()) -> dict[str, Src]:
+    """The Qwen2 under HF names, its vocabulary cut to ``cfg.vocab_size`` rows, plus the PEFT
+    adapters of ``lora_modules`` (:func:`with_adapters`)."""
+    return with_adapters(hf_mapping(cfg, truncate_vocab=True), lora_modules)
+
+
+COMPONENTS = ("llm", "vision_tower", "mm_projector", "fusion_block", "spatial_tower")
+
+
+def component_map(cfg: Any, name: str, part_state: Any, *, lora_modules: Iterable[str] = (),
+                  cut3r_keys: set[str] | None = None) -> dict[str, Src]:
+    """The released layout's name map of one VLM-3R submodule ``name`` (:data:`COMPONENTS`) of a
+    model with config ``cfg``; ``part_state``: that submodule's (abstract or concrete) state,
+    which the fusion block's and CUT3R's maps follow. ``lora_modules``: the LLM's adapted
+    Linears; ``cut3r_keys``: the CUT3R checkpoint's keys, to resolve its aliases on load."""
+    if name == "llm":
+        return llm_map(cfg.llm, lora_modules)
+    if name == "vision_tower":
+        return siglip_mapping(cfg.vision, SIGLIP_PREFIX)
+    if name == "mm_projector":
+        return projector_mapping(cfg.projector)
+    if name == "fusion_block":
+        return reference_mapping(part_state, FUSION_PREFIX)
+    if name == "spatial_tower":
+        return name_map(part_state, cut3r_keys)
+    raise ValueError(f"unknown VLM-3R submodule {name!r}; valid: {COMPONENTS}")
+
+
 def release_maps(cfg: Any, state: Any, *, lora_modules: Iterable[str] = (),
                  cut3r_keys: set[str] | None = None) -> dict[str, dict[str, Src]]:
-    """The released layout as ``{VLM-3R submodule: name map}`` for a model with config ``cfg`` and
-    (abstract or concrete) ``state``. Keys are the base directory's (LLM, SigLIP, projector, fusion
-    block), ``lora:`` + the adapter file's, and the CUT3R ``.pth``'s ``model`` dict's.
-    ``cut3r_keys``: the CUT3R checkpoint's keys, to resolve its aliases on load."""
-    maps = {"llm": llm_map(cfg.llm, lora_modules),
-            "vision_tower": siglip_mapping(cfg.vision, SIGLIP_PREFIX),
-            "mm_projector": projector_mapping(cfg.projector)}
-    if cfg.geometry is not None:
-        maps["fusion_block"] = reference_mapping(state["fusion_block"], FUSION_PREFIX)
-        maps["spatial_tower"] = name_map(state["spatial_tower"], cut3r_keys)
-    return maps
+    """The released layout as ``{VLM-3R submodule: name map}`` (:func:`component_map` of each)
+    for a model with config ``cfg`` and (abstract or concrete) ``state``. Keys are the base
+    directory's (LLM, SigLIP, projector, fusion block), ``lora:`` + the adapter file's, and the
+    CUT3R ``.pth``'s ``model`` dict's."""
+    names = COMPONENTS if cfg.geometry is not None else COMPONENTS[:3]
+    return {n: component_map(cfg, n, state[n], lora_modules=lora_modules, cut3r_keys=cut3r_keys) for n in names}
 
 
 def lora_paths(model: nnx.Module) -> list[str]:
@@ -96,19 +119,20 @@ def lora_paths(model: nnx.Module) -> list[str]:
 _BASE_PARAMS = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
 
 
-def component_tensors(model: nnx.Module, name: str, *, params: Any = _BASE_PARAMS, dtype: Any = None,
+def component_tensors(model: nnx.Module, name: str, *, adapters: bool = False, dtype: Any = None,
                       fill: Any = None) -> dict[str, np.ndarray]:
-    """``{reference key: array}`` of ``model.<name>``'s parameters (those of type ``params``)
-    through the released layout's map; {} when the model lacks that part. ``fill``: the original
-    checkpoint, for the vocabulary rows cut on load."""
+    """``{reference key: array}`` of ``model.<name>``'s parameters through the released layout's
+    map: its base parameters, or with ``adapters`` its PEFT adapters (``lora:`` keys); {} when the
+    model lacks that part. ``fill``: the original checkpoint, for the vocabulary rows cut on load."""
     part = getattr(model, name)
     if part is None:
         return {}
-    mapping = release_maps(model.cfg, nnx.state(model, nnx.Param), lora_modules=lora_paths(model))[name]
+    mapping = component_map(model.cfg, name, nnx.state(part, nnx.Param),
+                            lora_modules=lora_paths(model) if name == "llm" else ())
     # the adapters go to their own file: each export takes its half of the map, and all of that half
-    adapters = params is nnx.LoRAParam
     mapping = {k: v for k, v in mapping.items() if v.key_tuple[0].startswith(LORA_KEY) == adapters}
-    out = export_tensors(nnx.state(part, params), mapping, fill=fill, what=f"{name} export")
+    out = export_tensors(nnx.state(part, nnx.LoRAParam if adapters else _BASE_PARAMS), mapping, fill=fill,
+                         what=f"{name} export")
     return {k: to_numpy(v, dtype) for k, v in out.items()}
 
 
@@ -143,14 +167,15 @@ def lora_tensors(model: nnx.Module, dtype: Any = None) -> tuple[dict[str, np.nda
     """PEFT adapter state dict (``base_model.model.<HF module>.lora_A.weight`` [r, in], ``lora_B``
     [out, r]) and the facts for adapter_config.json (r, alpha, dropout, target_modules)."""
 
-    mods = _lora_modules(model.llm)
-    if not mods:
+    if not lora_paths(model):
         return {}, {}
     tensors = {k[len(LORA_KEY):]: v for k, v in
-               component_tensors(model, "llm", params=nnx.LoRAParam, dtype=dtype).items()}
-    targets = sorted(k[len(PEFT_PREFIX): -len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight"))
-    ranks = {a.shape[1] for _, a, _, _ in mods.values()}
-    scales = {s for _, _, _, s in mods.values()}
+               component_tensors(model, "llm", adapters=True, dtype=dtype).items()}
+    a_keys = [k for k in tensors if k.endswith(".lora_A.weight")]
+    targets = sorted(k[len(PEFT_PREFIX): -len(".lora_A.weight")] for k in a_keys)
+    # from the exported adapters (A [r, in]) and the modules' scales: no base kernel leaves the device
+    ranks = {tensors[k].shape[0] for k in a_keys}
+    scales = {float(lin.lora.scale) for _, lin, _ in lora_layers(model.llm)}
     if len(ranks) != 1 or len(scales) != 1:
         raise CheckpointError(f"PEFT's adapter_config.json holds one r and one alpha, but the adapters have ranks "
                               f"{sorted(ranks)} and scales {sorted(scales)}")

@@ -16,6 +16,7 @@ import ml_dtypes
 import numpy as np
 
 from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.json_config import read_json_object
 
 _DTYPES = {
     "F64": np.dtype(np.float64),
@@ -129,8 +130,7 @@ class SafetensorsDir:
         elif os.path.isdir(path):
             index = os.path.join(path, "model.safetensors.index.json")
             if os.path.exists(index):
-                with open(index, encoding="utf-8") as f:
-                    weight_map = json.load(f).get("weight_map", {})
+                weight_map = read_json_object(index).get("weight_map", {})
                 files = sorted({os.path.join(path, v) for v in weight_map.values()})
                 missing = [p for p in files if not os.path.exists(p)]
                 if missing:

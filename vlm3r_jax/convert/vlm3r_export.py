@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from vlm3r_jax.convert.errors import CheckpointError
+from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.release_layout import (
     BASE_DIR,
     CUT3R_FILE,
@@ -140,10 +141,7 @@ def _template(source: dict | None, which: str) -> dict | None:
     if which == "lora":
         return source.get("config_json")
     p = os.path.join(source.get("base_dir") or "", "config.json")
-    if os.path.exists(p):
-        with open(p, encoding="utf-8") as f:
-            return json.load(f)
-    return None
+    return read_json_object(p) if os.path.exists(p) else None
 
 
 def export_release(model: nnx.Module, out_dir: str, *, tokenizer: Any, source: dict | None = None,

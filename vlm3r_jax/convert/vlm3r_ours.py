@@ -13,7 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from vlm3r_jax.convert.assign import Src, flat_arrays, flat_variables, load_state, per_layer_slots
+from vlm3r_jax.convert.assign import Src, flat_arrays, load_state, param_slots
 from vlm3r_jax.convert.errors import CheckpointError
 from vlm3r_jax.convert.json_config import read_json_object
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir, save_safetensors
@@ -117,8 +117,7 @@ def load_ours(path: str, dtype: str | None = None, shardings: Any = None, param_
     if param_dtypes is not None:
         state = cast_params(state, param_dtypes)
     # the file holds one tensor per layer (as before layer stacks), so older checkpoints still load
-    variables = flat_variables(state)
-    mapping = {k: Src(k) for k, (p, _) in per_layer_slots(state).items() if isinstance(variables[p], nnx.Param)}
+    mapping = {k: Src(k) for k in param_slots(state)}
     state = load_state(state, SafetensorsDir(os.path.join(path, WEIGHTS)), mapping, shardings=shardings,
                        what="vlm3r_jax checkpoint")
 

@@ -21,12 +21,18 @@ from data_pipeline.tokenizer import QwenTokenizer
 from vlm3r_jax.convert import cut3r_ckpt
 from vlm3r_jax.convert.assign import Src, load_state
 from vlm3r_jax.convert.errors import CheckpointError
-from vlm3r_jax.convert.fusion_ckpt import reference_mapping as fusion_mapping  # noqa: F401  (tests' name)
 from vlm3r_jax.convert.hf_qwen2 import LLAVA_QWEN_IGNORE
 from vlm3r_jax.convert.hf_siglip import load_siglip_state
 from vlm3r_jax.convert.hub import CONFIG_FILES, HubError, resolve, resolve_vlm3r
 from vlm3r_jax.convert.json_config import read_json_object
-from vlm3r_jax.convert.release_layout import FUSION_PREFIX, LORA_KEY, SIGLIP_PREFIX, llm_map, peft_key, release_maps
+from vlm3r_jax.convert.release_layout import (
+    FUSION_PREFIX,
+    LORA_KEY,
+    SIGLIP_PREFIX,
+    component_map,
+    peft_key,
+    with_adapters,
+)
 from vlm3r_jax.convert.safetensors_io import SafetensorsDir
 from vlm3r_jax.convert.sources import DictSource, OverlaySource, TensorSource
 from vlm3r_jax.convert.torch_pickle import TorchPickleSource
@@ -77,7 +83,8 @@ def find_adapter_weights(lora_dir: str) -> str:
 
 
 def read_adapter_facts(lora_dir: str) -> dict | None:
-    """{r, alpha, scale, dropout, path} of the PEFT adapter in ``lora_dir``, or None when the
+    """{r, alpha, scale, dropout, path, source} of the PEFT adapter in ``lora_dir`` (``source``: its
+    weights, opened once for the rank check and the load), or None when the
     directory holds neither adapter weights nor adapter_config.json. Weights without a config, or
     a config whose ``r`` disagrees with the tensors, would change the model silently (no LoRA, or
     a wrong scale): both are errors."""
@@ -103,7 +110,8 @@ def read_adapter_facts(lora_dir: str) -> dict | None:
                               f"{sorted(ranks)}; the scale lora_alpha / r would be wrong. Use the adapter_config.json "
                               "saved with these weights")
     scale = alpha / (r ** 0.5) if ac.get("use_rslora") else alpha / r
-    return dict(r=r, alpha=float(alpha), scale=scale, dropout=float(ac.get("lora_dropout", 0.0) or 0.0), path=path)
+    return dict(r=r, alpha=float(alpha), scale=scale, dropout=float(ac.get("lora_dropout", 0.0) or 0.0), path=path,
+                source=src)
 
 
 def resolve_vision_config(cfg_json: dict, base_dir: str, search_dirs: list[str], source: TensorSource,
@@ -163,7 +171,8 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
                          vision_config: str | dict | None = None, keep_lora: bool = False,
                          attention_impl: str = "auto") -> tuple[Any, dict]:
     """VLM3RConfig for a released checkpoint; returns (config, info) where info holds the
-    sources and facts the loader needs."""
+    resolved paths, the opened sources (``base``, ``geometry_source``, ``lora["source"]``) and the
+    facts the loader needs."""
 
     lora_dir, base_dir, geometry = resolve_vlm3r(lora_dir, base_dir, geometry)
     if not os.path.isdir(base_dir):
@@ -194,7 +203,7 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
     # the reference pools video frames with get_2dPool's default stride 2, whatever
     # mm_spatial_pool_stride says (that key only feeds its unused encode_multimodals)
     projector = ProjectorConfig.from_llava_config(cj, num_patches_per_side=vision.num_patches_per_side, pool_stride=2)
-    geo_cfg = None
+    geo_cfg = geo_src = None
     # fusion_num_heads / spatial_tower_image_size: written by our export only when they differ from
     # the constants the reference hard-codes (18 heads, 432x432)
     try:
@@ -229,17 +238,16 @@ def build_release_config(lora_dir: str | None, base_dir: str, geometry: str | No
         spatial_select=cj.get("spatial_tower_select_feature", "patch_tokens"),  # the reference's default
         geometry_image_size=tuple(int(x) for x in cj.get("spatial_tower_image_size", (432, 432))),
         model_max_length=int(cj.get("tokenizer_model_max_length", 32768)), lora=lora)
-    info = dict(base=base, base_dir=base_dir, lora_dir=lora_dir, geometry=geometry, lora=lora_info,
-                tokenizer_dir=base_dir, config_json=cj)
+    info = dict(base=base, base_dir=base_dir, lora_dir=lora_dir, geometry=geometry, geometry_source=geo_src,
+                lora=lora_info, tokenizer_dir=base_dir, config_json=cj)
     return cfg, info
 
 
-def _adapted_modules(cfg: VLM3RConfig, lora_src: TensorSource | None) -> list[str]:
-    """Per-layer LLM Linear paths whose PEFT adapter ``lora_src`` holds."""
-    if lora_src is None:
-        return []
+def _adapted_modules(llm_rules: dict[str, Src], lora_src: TensorSource) -> list[str]:
+    """Per-layer LLM Linear paths (of ``llm_rules``, the LLM map without adapters) whose PEFT
+    adapter ``lora_src`` holds."""
     keys = set(lora_src.keys())
-    return [p[: -len(".kernel")] for p, rule in llm_map(cfg.llm).items()
+    return [p[: -len(".kernel")] for p, rule in llm_rules.items()
             if p.endswith(".kernel") and peft_key(rule.keys, "A") in keys]
 
 
@@ -310,10 +318,13 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
     Returns ``(config, model, info)``.
     """
 
-    lora_dir, base_dir, geometry = resolve_vlm3r(lora_dir, base_dir, geometry)
     cfg, info = build_release_config(lora_dir, base_dir, geometry, dtype=dtype, vision_config=vision_config,
                                      keep_lora=keep_lora, attention_impl=attention_impl)
+    lora_dir = info["lora_dir"]  # resolved (a Hub id is now its snapshot folder)
     base: SafetensorsDir = info["base"]
+    # the sources build_release_config opened, read here once more and not kept in the returned info
+    lora_src = info["lora"].pop("source") if info["lora"] is not None else None
+    geo_src = info.pop("geometry_source")
     graphdef, state = abstract_release_state(cfg, param_dtypes)
     jdt = None if param_dtypes is not None else jnp.dtype(dtype)  # None: each tensor keeps its target's dtype
 
@@ -337,26 +348,26 @@ def load_release(lora_dir: str | None, base_dir: str, geometry: str | None = Non
         non_lora = DictSource({k: non_lora.get(k) for k in non_lora.keys() if k not in dropped},
                               name=non_lora.where())
     src = OverlaySource(base, non_lora)
-    lora_src = _open_torch_or_safetensors(info["lora"]["path"]) if info["lora"] is not None else None
-    geo_src = cut3r_ckpt.open_checkpoint(info["geometry"])[1] if cfg.geometry is not None else None
-    maps = release_maps(cfg, state, lora_modules=_adapted_modules(cfg, lora_src),
-                        cut3r_keys=set(geo_src.keys()) if geo_src is not None else None)
     proj = [k for k in src.keys() if k.startswith("model.mm_projector.") or k == "model.image_newline"]
     state["mm_projector"] = load_state(state["mm_projector"], DictSource({k: src.get(k) for k in proj}, name=src.where()),
-                                       maps["mm_projector"], dtype=jdt, what="projector")
+                                       component_map(cfg, "mm_projector", state["mm_projector"]), dtype=jdt,
+                                       what="projector")
     if cfg.geometry is not None:
         # a merged / fully fine-tuned directory keeps the fusion block in its safetensors
         fusion_src = DictSource({k: src.get(k) for k in src.keys() if k.startswith(FUSION_PREFIX)}, name=src.where())
-        state["fusion_block"] = load_state(state["fusion_block"], fusion_src, maps["fusion_block"], dtype=jdt,
+        state["fusion_block"] = load_state(state["fusion_block"], fusion_src,
+                                           component_map(cfg, "fusion_block", state["fusion_block"]), dtype=jdt,
                                            what="fusion block (non_lora_trainables.bin)")
-        state["spatial_tower"] = load_state(state["spatial_tower"], geo_src, maps["spatial_tower"],
+        geo_map = component_map(cfg, "spatial_tower", state["spatial_tower"], cut3r_keys=set(geo_src.keys()))
+        state["spatial_tower"] = load_state(state["spatial_tower"], geo_src, geo_map,
                                             ignore=cut3r_ckpt.IGNORED_SOURCE_KEYS, dtype=jdt, what="CUT3R checkpoint")
-    # the same names as maps["vision_tower"], read relative to the prefix (with the unused layers skipped)
+    # the names of the release's vision_tower map, read relative to the prefix (with the unused layers skipped)
     state["vision_tower"] = load_siglip_state(state["vision_tower"], src, cfg.vision, prefix=SIGLIP_PREFIX, dtype=jdt)
     parts: dict[str, TensorSource] = {"": src}
+    llm_rules = component_map(cfg, "llm", state["llm"])
     if lora_src is not None:
         parts[LORA_KEY] = lora_src
-    llm_rules = maps["llm"]
+        llm_rules = with_adapters(llm_rules, _adapted_modules(llm_rules, lora_src))
     if lora_src is not None and not keep_lora:
         llm_rules = merge_lora_rules(llm_rules, info["lora"]["scale"])
     state["llm"] = load_state(
