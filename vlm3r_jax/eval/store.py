@@ -65,11 +65,7 @@ def read_samples(path: str, repair: bool = True) -> dict[str, dict[str, Any]]:
         out[str(rec["id"])] = rec
         good_end = pos
     if repair and good_end < len(data):
-        if storage.is_uri(path):
-            storage.write_atomic(path, data[:good_end])
-        else:
-            with open(path, "r+b") as f:
-                f.truncate(good_end)
+        storage.write_atomic(path, data[:good_end])
     return out
 
 
