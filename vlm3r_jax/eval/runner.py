@@ -318,7 +318,7 @@ def finalize(
             "extra_ids_in_samples": len(set(lines) - {str(r["id"]) for r in records}),
         },
     )
-    report.atomic_write(paths["table"], table)
+    storage.write_atomic(paths["table"], table)
     if benchmark == "vsibench":  # lmms-eval's results + per-sample log next to ours (lmms-eval's rules)
         ok = [r for r in records if not r.get("_malformed")]
         preds = {rid: line.get("prediction") or "" for rid, line in lines.items()}
