@@ -180,11 +180,12 @@ def save_entry(path: str, tokens: np.ndarray, key: str, video_fp: str, out_dtype
 
 def read_entry_unchecked(path: str) -> tuple[np.ndarray, dict[str, str]]:
     """(tokens [F, 1 + N, Dg], metadata) with only the corruption check."""
-    p = epath.Path(path)
-    if not p.exists():
+    try:  # one request on a bucket, not an exists() probe first
+        data = epath.Path(path).read_bytes()
+    except FileNotFoundError:
         raise GeometryCacheError(f"{path}: no geometry cache entry for this video; run python -m "
-                                 "launch.extract_geometry over the data root first")
-    arrays, meta = _decode(p.read_bytes(), path)
+                                 "launch.extract_geometry over the data root first") from None
+    arrays, meta = _decode(data, path)
     if set(arrays) != set(CACHE_KEYS) or meta.get("tokens") != _digest(*(arrays[k].tobytes() for k in CACHE_KEYS)):
         raise GeometryCacheError(f"{path}: corrupted geometry cache entry (checksum mismatch); delete it and "
                                  "re-run python -m launch.extract_geometry")

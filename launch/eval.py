@@ -192,7 +192,7 @@ def score_lmms_eval_samples(cfg: Any, path: str, workdir: str) -> dict:
     storage.makedirs(workdir)
     report.write_json(storage.join(workdir, "scores.json"),
                       {"benchmark": "vsibench", "source": path, "rules": rules, "scores": scores, "counts": counts})
-    report.atomic_write(storage.join(workdir, "table.md"), table)
+    storage.write_atomic(storage.join(workdir, "table.md"), table)
     print(table)
     return scores
 

@@ -32,6 +32,11 @@ def start_emulator(extra_env: dict | None = None) -> tuple[subprocess.Popen, str
             break
         except OSError:
             time.sleep(0.1)
+    else:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise RuntimeError(f"the GCS emulator (tests/gcs_emulator.py) accepted no connection on port {port} "
+                           f"within ~10 s (exit status {proc.returncode}); run it by hand to see why")
     return proc, f"http://127.0.0.1:{port}"
 
 

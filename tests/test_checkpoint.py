@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vlm3r_jax import storage
 from vlm3r_jax.layers import Linear
 from vlm3r_jax.train.checkpoint import Checkpointer, abstract_like
 from vlm3r_jax.train.optimizer import make_optimizer
@@ -80,6 +81,27 @@ def test_corrupt_latest_step_falls_back_to_the_newest_good_one(tmp_path):
     assert len(skipped) == 2 and "step 3" in skipped[0] and "resuming from step 1" in skipped[1]
     assert ck2.latest_step() == 1 and sorted(os.listdir(tmp_path))[:1] == ["1"]
     assert ck2.save(2, _state(2), force=True) and ck2.latest_step() == 2  # the step number is free again
+    ck2.close()
+
+
+def test_corrupt_step_on_a_bucket_is_moved_aside(gcs):
+    from _gcs import BUCKET
+    from etils import epath
+
+    directory = f"gs://{BUCKET}/ckpt-move-aside"
+    ck = Checkpointer(directory, save_every=1, keep=3, async_save=False)
+    for step in (1, 2):
+        ck.save(step, _state(step))
+    ck.close()
+    big = max((epath.Path(directory, "2", f) for f in storage.walk_files(f"{directory}/2")),
+              key=lambda p: p.stat().length)
+    big.write_bytes(big.read_bytes()[: big.stat().length // 2])
+    ck2 = Checkpointer(directory, save_every=1, keep=3, async_save=False)
+    _, skipped = ck2.restore_newest_good(abstract_like(_state(0)))
+    assert len(skipped) == 1 and "step 2" in skipped[0]
+    names = sorted(p.name for p in epath.Path(directory).iterdir())
+    assert "2" not in names and any(n.startswith("2.unrestorable-") for n in names), names
+    assert ck2.latest_step() == 1
     ck2.close()
 
 

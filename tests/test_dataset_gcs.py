@@ -88,6 +88,33 @@ def test_a_missing_video_object_or_bucket_is_one_line(dataset):
         assert "\n" not in str(e.value)
 
 
+def test_a_copy_evicted_right_after_open_is_still_read(dataset, monkeypatch):
+    """Another process may evict the cached copy between ``open`` and the LRU touch: the open file
+    is read (no second download) and closed, not leaked for a fresh download."""
+    import builtins
+
+    from vlm3r_jax import fetch_cache
+
+    uri = f"{dataset['uri']}/videos/scene1.mp4"
+    with fetch_cache.open_local(uri) as f:
+        want = f.read()
+    opened, downloads = [], []
+
+    def open_then_evicted(path, *a, **k):
+        f = builtins.open(path, *a, **k)
+        if not opened:
+            os.unlink(path)  # as another process's eviction would
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr(fetch_cache, "open", open_then_evicted, raising=False)
+    real = fetch_cache._download
+    monkeypatch.setattr(fetch_cache, "_download", lambda *a: downloads.append(a) or real(*a))
+    with fetch_cache.open_local(uri) as f:
+        assert f.read() == want
+    assert not downloads and len(opened) == 1 and opened[0].closed
+
+
 @pytest.mark.parametrize("rel,inside", [("a/b.mp4", "a/b.mp4"), ("a/../b.mp4", "b.mp4"), ("../x.mp4", None),
                                         ("a/../../data2/x.mp4", None), ("../../other/x.mp4", None),
                                         ("/etc/passwd", None), ("gs://other/x.mp4", None)])

@@ -200,6 +200,25 @@ def test_failures_and_malformed_stay_in_the_denominator(tmp_path):
     assert saved["footer"]["n_failed"] == 2 and saved["scores"] == res["scores"]
 
 
+def test_samples_are_written_once_per_batch(tmp_path, monkeypatch):
+    """On a bucket each write republishes the whole object: a batch's lines (and the lines of the
+    records that needed no prediction before it) go out as one write, not one per sample."""
+    from vlm3r_jax import storage
+
+    data = str(tmp_path / "bench")
+    make_bench(data)  # 34 records, 3 unready: a missing video, a malformed record, a bad JSON line
+    recs = records_lib.load_records(data, "vsibench")
+    writes, calls = [], []
+    real = storage.LineLog.write
+    monkeypatch.setattr(storage.LineLog, "write", lambda self, text: writes.append(text.count("\n")) or real(self, text))
+    inner = noisy_oracle()
+    counting = lambda batch: calls.append(len(batch)) or inner(batch)  # noqa: E731
+    counting.name = "oracle"
+    runner.run_eval(recs, counting, str(tmp_path / "w"), batch_size=4, progress=False, print_table=False)
+    assert len(calls) == 8 and len(writes) <= len(calls) + 1  # + unready records after the last batch, if any
+    assert sum(writes) == len(recs) == len(runner.read_samples(str(tmp_path / "w" / runner.SAMPLES_FILE)))
+
+
 def test_unreadable_video_is_a_failure_with_open_check(tmp_path):
     data = str(tmp_path / "bench")
     make_bench(data, per_type=1, extras=False)

@@ -128,6 +128,8 @@ def test_corrupted_stale_and_mismatched_caches_are_refused(setup, tmp_path):
         s["cfg"].data.num_frames = FRAMES
     with pytest.raises(geometry_cache.GeometryCacheError, match="no geometry_cache.json"):
         geometry_cache.check_manifest(str(tmp_path / "nowhere"), key)
+    with pytest.raises(geometry_cache.GeometryCacheError, match="no geometry cache entry for this video"):
+        geometry_cache.read_entry_unchecked(str(cache / "videos" / "nowhere.safetensors"))
     # extracting into a cache of another key is refused before anything is written
     ecfg = setup["ecfg"]
     ecfg.extract.num_frames = 3

@@ -144,3 +144,24 @@ def test_bad_model_args_and_generation_settings():
     assert cut_at_stops(" 3.2 m\n\nmore", ("\n\n",)) == "3.2 m"
     with pytest.raises(NotImplementedError, match="loglikelihood"):
         VLM3RJax.loglikelihood(None, [])
+
+
+def test_repeated_requests_each_get_their_answer():
+    """``--repeats K`` hands the same Instance (one task/split/doc_id) K times in one batch: every
+    copy gets the answer of its own row, and a video that fails answers "" for its copy only."""
+    from vlm3r_jax.lmms_eval.models.vlm3r_jax import VLM3RJax, _Job
+
+    class Predictor:
+        def prepare(self, rec):
+            if rec["video_path"] == "bad.mp4":
+                raise ValueError("cannot decode")
+            return {"id": rec["id"], "video_path": rec["video_path"]}
+
+        def __call__(self, ready, max_new_tokens):
+            return [f"answer {i}" for i in range(len(ready))]
+
+    adapter = object.__new__(VLM3RJax)
+    adapter.predictor = Predictor()
+    jobs = [_Job(i, "q", {}, video, "vsibench/test/7", 16, ()) for i, video in
+            enumerate(["a.mp4", "a.mp4", "bad.mp4", "a.mp4"])]
+    assert adapter._answer(jobs, 16) == ["answer 0", "answer 1", "", "answer 2"]

@@ -81,6 +81,8 @@ def test_geometry_cache_and_eval_outputs_in_the_bucket(gcs, tmp_path):
     entry = geometry_cache.entry_path(cache, "v.mp4")
     geometry_cache.save_entry(entry, tok, key, geometry_cache.video_fingerprint(str(video)), "float32")
     np.testing.assert_array_equal(geometry_cache.read_entry(entry, key, str(video)), tok)
+    with pytest.raises(geometry_cache.GeometryCacheError, match="no geometry cache entry for this video"):
+        geometry_cache.read_entry_unchecked(geometry_cache.entry_path(cache, "nowhere.mp4"))
 
     from vlm3r_jax.eval.store import Appender, read_samples
 

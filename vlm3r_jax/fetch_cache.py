@@ -101,8 +101,8 @@ def open_local(uri: str) -> Iterator[BinaryIO]:
     local = _local_name(uri, info)
     try:
         f = open(local, "rb")
-        os.utime(local)  # the LRU clock
-    except FileNotFoundError:  # not fetched yet, or evicted by another process just now
+        os.utime(f.fileno())  # the LRU clock; by descriptor: an eviction since open cannot make it fail
+    except FileNotFoundError:  # not fetched yet, or evicted by another process before open
         _download(fs, path, uri, local)
         f = open(local, "rb")
         _evict(keep=local)

@@ -135,14 +135,8 @@ def footer_lines(footer: Mapping[str, Any], max_listed: int = 10) -> list[str]:
     return out
 
 
-def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` (a path or URI) so readers never see half a file
-    (:func:`vlm3r_jax.storage.write_atomic`)."""
-    storage.write_atomic(path, text)
-
-
 def write_json(path: str, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    storage.write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def load_scores(path_or_workdir: str) -> dict[str, float]:

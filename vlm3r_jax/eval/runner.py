@@ -174,22 +174,24 @@ def run_eval(
     )
     try:
         queue: list[dict[str, Any]] = []
+        # lines of records that need no prediction (missing video, malformed): written with the next
+        # batch, as each write republishes the whole object on a bucket
+        unready: list[dict[str, Any]] = []
 
         def flush() -> None:
-            if not queue:
-                return
-            results = _predict_isolating(predict_fn, queue)
-            for rec, (pred, err) in zip(queue, results):
-                status = "ok" if err is None else "failed"
-                appender.write(_line(rec, benchmark, pred, status, err, zero_target, predictor_name, rules))
+            results = _predict_isolating(predict_fn, queue) if queue else []
+            lines = unready + [_line(rec, benchmark, pred, "ok" if err is None else "failed", err, zero_target,
+                                     predictor_name, rules) for rec, (pred, err) in zip(queue, results)]
+            appender.write_many(lines)
             bar.update(len(queue))
             queue.clear()
+            unready.clear()
 
         for item in items:
             rec = item["record"]
             if item["status"] != "ready":
-                appender.write(_line(rec, benchmark, "", item["status"], item["error"], zero_target, predictor_name,
-                                      rules))
+                unready.append(_line(rec, benchmark, "", item["status"], item["error"], zero_target, predictor_name,
+                                     rules))
                 bar.update(1)
                 continue
             queue.append(rec)
@@ -316,7 +318,7 @@ def finalize(
             "extra_ids_in_samples": len(set(lines) - {str(r["id"]) for r in records}),
         },
     )
-    report.atomic_write(paths["table"], table)
+    storage.write_atomic(paths["table"], table)
     if benchmark == "vsibench":  # lmms-eval's results + per-sample log next to ours (lmms-eval's rules)
         ok = [r for r in records if not r.get("_malformed")]
         preds = {rid: line.get("prediction") or "" for rid, line in lines.items()}

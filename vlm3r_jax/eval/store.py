@@ -1,8 +1,9 @@
 """The per-sample JSONL of an evaluation run, and what produced it.
 
-``samples.jsonl`` gets one line per answered record, written by :class:`Appender` with a single
-``write`` on an O_APPEND descriptor (then fsync), so a crash loses at most the batch in flight (on
-an object store, ``gs://...``, each write republishes the whole object: the same guarantee);
+``samples.jsonl`` gets one line per answered record, each batch's lines written by :class:`Appender`
+with a single ``write`` on an O_APPEND descriptor (then fsync), so a crash loses at most the batch in
+flight (on an object store, ``gs://...``, each write republishes the whole object: the same guarantee,
+one object write per batch);
 :func:`read_samples` drops (and cuts) a torn last line. ``run_identity.json`` records the
 predictor and checkpoint; :func:`stale_reason` refuses to resume another run's samples.
 """
@@ -10,7 +11,7 @@ predictor and checkpoint; :func:`stale_reason` refuses to resume another run's s
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vlm3r_jax import storage
@@ -64,23 +65,25 @@ def read_samples(path: str, repair: bool = True) -> dict[str, dict[str, Any]]:
         out[str(rec["id"])] = rec
         good_end = pos
     if repair and good_end < len(data):
-        if storage.is_uri(path):
-            storage.write_atomic(path, data[:good_end])
-        else:
-            with open(path, "r+b") as f:
-                f.truncate(good_end)
+        storage.write_atomic(path, data[:good_end])
     return out
 
 
 class Appender:
     """Appends one JSON line per sample (:class:`vlm3r_jax.storage.LineLog`: one ``os.write`` on an
-    O_APPEND descriptor + fsync locally, a whole-object rewrite on a bucket)."""
+    O_APPEND descriptor + fsync locally, a whole-object rewrite on a bucket, so the runner hands
+    it a whole batch at once with :meth:`write_many`)."""
 
     def __init__(self, path: str, fsync: bool = True):
         self._log = storage.LineLog(path, fsync=fsync)
 
     def write(self, obj: Mapping[str, Any]) -> None:
-        self._log.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.write_many([obj])
+
+    def write_many(self, objs: Sequence[Mapping[str, Any]]) -> None:
+        """All of ``objs`` as one write (nothing for none): one object write per batch on a bucket."""
+        if objs:
+            self._log.write("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs))
 
     def close(self) -> None:
         self._log.close()
@@ -90,6 +93,9 @@ class NullAppender:
     """What non-writer processes of a multi-host run use."""
 
     def write(self, obj: Mapping[str, Any]) -> None:
+        pass
+
+    def write_many(self, objs: Sequence[Mapping[str, Any]]) -> None:
         pass
 
     def close(self) -> None:

@@ -10,7 +10,6 @@ previous checkpoint as the latest restorable one.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from vlm3r_jax import storage
 
@@ -139,9 +139,10 @@ class Checkpointer:
         raise AssertionError("unreachable")
 
     def _move_aside(self, step: int) -> None:
-        src = os.path.join(self.directory, str(step))
-        if jax.process_index() == 0 and os.path.isdir(src):
-            os.rename(src, f"{src}.unrestorable-{int(time.time())}")
+        src = storage.join(self.directory, str(step))
+        # through epath, so a step on a bucket is moved too (on an object store: copied, then deleted)
+        if jax.process_index() == 0 and storage.isdir(src):
+            epath.Path(src).rename(f"{src}.unrestorable-{int(time.time())}")
         self.manager.reload()
 
     def wait(self) -> None:

@@ -70,6 +70,9 @@ class _NullWriter:
     def write_scalars(self, step: int, scalars: dict) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -165,6 +168,7 @@ def train(
                     history.extend(rows)
                     if log_it:
                         writer.write_scalars(step, {**rows[-1], **_data_metrics(data_iter)})
+                        writer.flush()  # on a bucket the events reach it only here: a killed run keeps them
                     bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
 
             for i in range(start, tc.steps):

@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,20 +70,28 @@ class MultiWriter:
 
 
 class TensorBoardWriter:
-    """Scalars as TensorBoard events (``events.out.tfevents.*`` in ``logdir``). For a URI
-    ``logdir`` the events go to a local temp dir and each flush copies the file over (one object
-    write: a reader sees the previous or the new events file, never a torn one)."""
+    """Scalars as TensorBoard events (``events.out.tfevents.*`` in ``logdir``), written in the
+    calling thread (tensorboardX's ``SummaryWriter`` queues events for a thread that its ``flush``
+    does not wait for, so a flush could copy a file without the last events). For a URI ``logdir``
+    the events go to a local temp dir and each flush copies the file over (one object write: a
+    reader sees the previous or the new events file, never a torn one)."""
 
     def __init__(self, logdir: str):
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
 
+        self._event, self._scalar = Event, scalar
         self._remote = logdir if storage.is_uri(logdir) else None
         self._local = tempfile.mkdtemp(prefix="vlm3r-tb-") if self._remote else logdir
-        self._w = SummaryWriter(logdir=self._local, flush_secs=30)
+        os.makedirs(self._local, exist_ok=True)
+        self._w = EventsWriter(os.path.join(self._local, "events"))
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        now = time.time()
         for k, v in scalars.items():
-            self._w.add_scalar(k, float(np.asarray(v)), global_step=int(step))
+            summary = self._scalar(k, float(np.asarray(v)))
+            self._w.write_event(self._event(summary=summary, step=int(step), wall_time=now))
 
     def flush(self) -> None:
         self._w.flush()

@@ -140,20 +140,20 @@ class VLM3RJax(lmms):
         """Raw answers for ``jobs`` (one device batch). A video that cannot be read answers "" (scored 0,
         as the official adapter's error text is) instead of ending the run."""
         out: dict[int, str] = {}
-        ready = []
+        ready, ready_jobs = [], []  # side by side: --repeats K asks the same question (key) K times
         for job in jobs:
             if job.video is None:
                 out[job.index] = self.model.answer(None, job.context, max_new_tokens=max_new_tokens)
                 continue
             try:
                 ready.append(self.predictor.prepare({"id": job.key, "prompt": job.context, "video_path": job.video}))
+                ready_jobs.append(job)
             except Exception as e:  # any decode / length error fails this question only
                 log.error("vlm3r_jax: %s unanswered: %s: %s", job.key, type(e).__name__, e)
                 out[job.index] = ""
         if ready:
             texts = self.predictor(ready, max_new_tokens=max_new_tokens)
-            by_key = {job.key: job.index for job in jobs}
-            out.update({by_key[rec["id"]]: text for rec, text in zip(ready, texts, strict=True)})
+            out.update({job.index: text for job, text in zip(ready_jobs, texts, strict=True)})
         return [out[job.index] for job in jobs]
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
