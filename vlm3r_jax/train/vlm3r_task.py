@@ -153,11 +153,8 @@ def vlm3r_loss(model: VLM3R, batch: dict, max_labels: int = 0) -> tuple[jax.Arra
     """Train-step loss: next-token cross-entropy on answer tokens (labels != -100). The LM head
     runs only at the (at most ``max_labels`` per row, 0 = every) labelled positions, so the step
     never builds [B, L, vocab] logits (``train.max_label_tokens``)."""
-    sp = model.embed_prompt(batch["input_ids"], batch.get("frames"), attention_mask=batch.get("attention_mask"),
-                            labels=batch["labels"], geometry_tokens=batch.get("geometry_tokens"))
-    mask = None if batch.get("attention_mask") is None else sp["attention_mask"]
-    hidden, _ = model.llm.hidden_states(inputs_embeds=sp["inputs_embeds"], positions=sp["positions"],
-                                        attention_mask=mask)
+    hidden, sp = model.hidden_states(batch["input_ids"], batch.get("frames"), attention_mask=batch.get("attention_mask"),
+                                     labels=batch["labels"], geometry_tokens=batch.get("geometry_tokens"))
     return answer_token_xent(hidden, sp["labels"], model.llm.head, max_labels)
 
 
