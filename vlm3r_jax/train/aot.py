@@ -222,7 +222,7 @@ def build_qwen2_lora(cfg: ml_collections.ConfigDict) -> ModelSpec:
     batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in ("input_ids", "labels")}
     rank = lc.rank if cfg.train.get("train_lora", True) else 0
     return ModelSpec(factory, loss_fn, batch, qwen2_train_flops_per_token(mc, t, rank),
-                     extras={"builder": "qwen2_lora", "seq_len": t, "remat": "none",
+                     extras={"builder": "qwen2_lora", "seq_len": t, "remat": mc.remat,
                              "attention": lambda: resolve_implementation(mc.attention_impl)})
 
 
