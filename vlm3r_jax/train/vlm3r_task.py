@@ -198,7 +198,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True, 
             raise ValueError(f"a batch row has {n} answer tokens but config.train.max_label_tokens="
                              f"{max_labels}; raise it to at least {n} (0 = no bound, full logits)")
 
-    it = train_iterator(cfg, vcfg, tok, geometry_key(cfg, model) if cfg.data.get("geometry_cache") else "")
+    if cfg.data.get("geometry_cache"):
+        it = train_iterator(cfg, vcfg, tok, geometry_key(cfg, model))
+    else:
+        it = train_iterator(cfg, vcfg, tok)
     try:
         result = loop.train(cfg, workdir, model, functools.partial(vlm3r_loss, max_labels=max_labels), it,
                             peak_flops=cfg.train.get("peak_flops", None), flops_per_step=flops_per_step,
