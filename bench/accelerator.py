@@ -86,6 +86,7 @@ def _batch(p, rng: np.random.Generator) -> dict:
 
 def train_section(smoke: bool, steps: int, trace_dir: str) -> dict:
     from vlm3r_jax import sharding
+    from vlm3r_jax.models.host_init import host_init
     from vlm3r_jax.train.aot import prepare_train_step
     from vlm3r_jax.train.state import TrainState
     from vlm3r_jax.train.trainable import split_trainable
@@ -102,7 +103,7 @@ def train_section(smoke: bool, steps: int, trace_dir: str) -> dict:
     with sharding.use_mesh(p.mesh, p.rules):
         t = time.perf_counter()
         if smoke:  # XLA:CPU takes minutes to compile a whole-model random init; numpy draws it at once
-            state, frozen = jax.device_put(init(nnx.merge(*_init(p.spec.factory, smoke))), (p.state_sh, p.frozen_sh))
+            state, frozen = jax.device_put(init(host_init(p.spec.factory)), (p.state_sh, p.frozen_sh))
         else:
             state, frozen = jax.jit(init, out_shardings=(p.state_sh, p.frozen_sh))()
         batch = _batch(p, np.random.default_rng(0))

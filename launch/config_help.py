@@ -33,7 +33,7 @@ rms_norm_eps: RMSNorm epsilon
 tie_word_embeddings: output projection shares the embedding matrix
 max_position_embeddings: longest sequence the positions cover
 vocab_size: tokenizer vocabulary size
-attention_impl: attention kernel: auto | xla | cudnn | cpu | reference (vlm3r_jax/layers/attention.py)
+attention_impl: attention kernel: auto | xla | splash | cudnn | cpu | reference (vlm3r_jax/layers/attention.py)
 image_size: input image side in pixels
 patch_size: patch side in pixels
 use_post_layernorm: apply the final LayerNorm (VLM-3R drops it)

@@ -188,12 +188,17 @@ def parse_args(argv: list[str]):
                            flag_values=fv)
 
     fv, rest = cli.parse_local(argv, define, __doc__, legacy=LEGACY, more_configs=("data",))
+    # --seed sets these three; a value given for one of them would otherwise be overwritten silently
+    seeds = [a.split("=")[0] for a in cli.rewrite_legacy(argv, LEGACY)
+             if a.split("=")[0] in ("--data.seed", "--config.train.seed", "--config.model.seed")]
     # the held-out fifth of the scenes needs 2 for the other-scene control (eval_fraction 0.2)
     problems = [f"unexpected arguments {rest}" if rest else "",
                 f"--data.num_scenes={fv.data.num_scenes}: at least 8, so that 2 or more scenes are held out "
                 "for evaluation" if fv.data.num_scenes < 8 else "",
                 f"--config.train.steps={fv.config.train.steps}: at least 1" if fv.config.train.steps < 1 else "",
-                f"--workdir {fv.workdir} is a file; pass a directory" if os.path.isfile(fv.workdir) else ""]
+                f"--workdir {fv.workdir} is a file; pass a directory" if os.path.isfile(fv.workdir) else "",
+                f"{seeds[0]}: the demo sets data.seed, config.train.seed and config.model.seed from --seed; "
+                "pass --seed=N instead" if seeds else ""]
     if msg := next((p for p in problems if p), ""):
         cli.usage_error(msg)
     return fv

@@ -126,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                     repetition_penalty=cfg.repetition_penalty, seed=cfg.seed)
     try:
-        model.check_frames(frames or model.num_frames)  # before any frame is decoded
         chat = model.chat(args.video, num_frames=frames)
         answers = []
         for q in args.question:

@@ -25,7 +25,9 @@ def _tiny(layers=1):
 
 def test_compile_local_mesh_and_memory_report():
     cfg = _tiny()
+    cfg.model.remat = "full"
     res = aot.compile_train_step(cfg, "cpu")
+    assert res.as_dict()["remat"] == "full"  # the report names the policy the step was built with
     assert res.num_devices == 8 and res.mesh_shape == {"data": 2, "fsdp": 2, "tensor": 2}
     m = res.memory
     assert m["argument_bytes"] > 0 and m["total_bytes"] >= m["argument_bytes"] - m["alias_bytes"]

@@ -164,3 +164,27 @@ def test_bad_name_and_too_long_sequence():
         dot_product_attention(*_qkv(1, 4, 4, 1, 1, 8), segment_ids=jnp.ones((1, 4), jnp.int32),
                               kv_lengths=jnp.array([4]), implementation="reference")
     assert attention.IMPLEMENTATIONS[-1] == "auto"
+
+
+def test_vlm3r_train_loss_hands_padding_to_cudnn_as_lengths(monkeypatch):
+    """The train step's loss (the released recipe's, via the AOT builder) reaches cuDNN with causal
+    + lengths, like the LLM alone: splice_video keeps rows right-padded."""
+    from configs.vlm3r_tiny_aot import get_config
+    from vlm3r_jax.train.aot import get_model_builder
+
+    calls = []
+
+    def fake(q, k, v, **kw):
+        calls.append(kw)
+        return q.astype(jnp.bfloat16)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+    cfg = get_config()
+    cfg.model.llm.attention_impl = "cudnn"
+    cfg.data.global_batch = 2  # prepare_train_step fills it from the device count
+    spec = get_model_builder(cfg.model.builder)(cfg)
+    model = nnx.eval_shape(spec.factory)
+    jax.eval_shape(spec.loss_fn, model, spec.batch)
+    llm = [kw for kw in calls if kw.get("implementation") == "cudnn"]
+    assert llm and all(kw["is_causal"] and kw["mask"] is None and kw["key_value_seq_lengths"].ndim == 1
+                       for kw in llm)

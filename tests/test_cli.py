@@ -58,7 +58,9 @@ def test_missing_config_file_and_user_errors():
     (["--data.num_scenes=abc"], "num_scenes takes an int (default 120)"), (["--unknown"], "'unknown'"),
     # the argparse release's spellings: still accepted, with a deprecation note
     (["--scenes", "5"], "at least 8"), (["--set", "train.stepz=1"], "no field 'stepz'"),
-    (["--data-set", "num_scenes=abc"], "num_scenes")])
+    (["--data-set", "num_scenes=abc"], "num_scenes"),
+    # --seed sets every seed: one given on its own would be overwritten, so it is refused
+    (["--config.train.seed=5"], "pass --seed=N instead"), (["--set", "model.seed=5"], "--config.model.seed")])
 def test_demo_checks_its_arguments_before_any_work(tmp_path, args, msg):
     r = _run("launch.demo", "--workdir", str(tmp_path / "w"), *args)
     errors = [line for line in r.stderr.splitlines() if not line.startswith("note: deprecated")]

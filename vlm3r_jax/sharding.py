@@ -138,8 +138,12 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
 def mesh_from_config(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """The mesh a config's ``mesh`` block describes: ``shape`` per slice and ``dcn_data`` /
     ``dcn_fsdp`` across slices (see ``configs/common.py``)."""
-    dcn = {a: int(mesh_cfg.get(f"dcn_{a}", 1) or 1) for a in ("data", "fsdp")}
-    return make_mesh(dict(mesh_cfg.shape), devices=devices, dcn_shape=dcn)
+    return make_mesh(dict(mesh_cfg.shape), devices=devices, dcn_shape=dcn_from_config(mesh_cfg))
+
+
+def dcn_from_config(mesh_cfg: Any) -> dict[str, int]:
+    """``{"data": mesh.dcn_data, "fsdp": mesh.dcn_fsdp}``: how many slices each axis spans (default 1)."""
+    return {a: int(mesh_cfg.get(f"dcn_{a}", 1) or 1) for a in ("data", "fsdp")}
 
 
 def _rule_lookup(rules: LogicalRules) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def _segments(segment_ids, q_lengths, kv_lengths, tq: int, tk: int):
     return ids(tq, q_lengths), ids(tk, kv_lengths)
 
 
-def _key_mask(mask, tq: int) -> jax.Array | None:
+def _key_mask(mask) -> jax.Array | None:
     """A mask that only hides keys ([B or 1, 1, 1, Tk]) as ids [B or 1, Tk]; None otherwise."""
     if mask is None or mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
         return None
@@ -136,7 +136,7 @@ def _splash(q, k, v, mask, bias, scale, is_causal, segs, auto: bool):
     splash.check_length(max(tq, tk))
     if auto and max(tq, tk) < SPLASH_MIN_LEN:
         return None
-    keys = _key_mask(mask, tq)
+    keys = _key_mask(mask)
     why = ("a bias" if bias is not None else "a mask other than a key-padding mask" if mask is not None and keys is None
            else "causal attention with unequal query and key lengths" if is_causal and tq != tk
            else "both a key mask and segment ids" if keys is not None and segs is not None else None)
@@ -157,19 +157,22 @@ def _cudnn(q, k, v, mask, bias, scale, is_causal, q_lengths, kv_lengths):
         _warn_once(f"cuDNN flash attention runs in bfloat16: {dtype} q/k/v are cast to bfloat16 and the "
                    "output back; set attention_impl='xla' for full-precision attention")
         q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    if mask is not None:
-        mask = jnp.broadcast_to(mask, (1,) * (4 - mask.ndim) + mask.shape)
-    if bias is not None:
-        bias = jnp.broadcast_to(bias, (1,) * (4 - bias.ndim) + bias.shape).astype(q.dtype)
     lengths = {}
     if q_lengths is not None or kv_lengths is not None:
         b = q.shape[0]
         full = lambda n, ln: jnp.full((b,), n, jnp.int32) if ln is None else ln.astype(jnp.int32)  # noqa: E731
         lengths = dict(query_seq_lengths=full(q.shape[1], q_lengths),
                        key_value_seq_lengths=full(k.shape[1], kv_lengths))
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
-                                       implementation="cudnn", **lengths)
-    return out.astype(dtype)
+    return _fused(q, k, v, mask, bias, scale, "cudnn", is_causal=is_causal, **lengths).astype(dtype)
+
+
+def _fused(q, k, v, mask, bias, scale, impl: str, **kw) -> jax.Array:
+    """``jax.nn.dot_product_attention``, whose fused paths assert four-dim masks and biases."""
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (1,) * (4 - mask.ndim) + mask.shape)
+    if bias is not None:
+        bias = jnp.broadcast_to(bias, (1,) * (4 - bias.ndim) + bias.shape).astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation=impl, **kw)
 
 
 def dot_product_attention(
@@ -224,9 +227,4 @@ def dot_product_attention(
         impl = "xla"
     if impl == "cudnn" and (q.dtype not in (jnp.bfloat16, jnp.float16)):
         impl = "xla"  # a dense mask is left: the fused path is not worth a bf16 cast
-    # jax's fused path asserts the mask has four dims.
-    if mask is not None:
-        mask = jnp.broadcast_to(mask, mask.shape[:0] + (1,) * (4 - mask.ndim) + mask.shape)
-    if bias is not None:
-        bias = jnp.broadcast_to(bias, (1,) * (4 - bias.ndim) + bias.shape).astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation=impl)
+    return _fused(q, k, v, mask, bias, scale, impl)

@@ -33,6 +33,7 @@ from vlm3r_jax.models.projector import ProjectorConfig, VisionProjector, layout_
 from vlm3r_jax.models.qwen2 import Qwen2, Qwen2Config
 from vlm3r_jax.models.siglip import SiglipVisionConfig, SiglipVisionModel
 from vlm3r_jax.models.splice import splice_video
+from vlm3r_jax.sharding import constrain
 
 SPATIAL_SELECT = ("all", "all_tokens", "camera_tokens", "patch_tokens")  # also comma-separated lists of these
 
@@ -229,18 +230,28 @@ class VLM3R(nnx.Module):
         text = self.llm.embed_tokens(jnp.where(is_ph, 0, input_ids))
         return splice_video(text, video, jnp.argmax(is_ph, axis=1), attention_mask, labels)
 
-    def __call__(self, input_ids: jax.Array, frames: jax.Array | None = None, *,
-                 attention_mask: jax.Array | None = None, labels: jax.Array | None = None,
-                 geometry_tokens: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """input_ids int [B, T] (one placeholder per row), frames [B, F, H, W, 3] -> (logits
-        [B, L, vocab] over the spliced sequence, the spliced batch dict incl. ``labels``)."""
+    def hidden_states(self, input_ids: jax.Array, frames: jax.Array | None = None, *,
+                      attention_mask: jax.Array | None = None, labels: jax.Array | None = None,
+                      geometry_tokens: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """input_ids int [B, T] (one placeholder per row), frames [B, F, H, W, 3] -> (final-normed
+        hidden [B, L, D] over the spliced sequence, the spliced batch dict incl. ``labels``); the
+        train loss applies the LM head only where it needs logits."""
         sp = self.embed_prompt(input_ids, frames, attention_mask=attention_mask, labels=labels,
                                geometry_tokens=geometry_tokens)
         mask = None if attention_mask is None else sp["attention_mask"]
         # splice_video keeps rows right-padded, so cuDNN can take lengths instead of a dense mask
-        logits, _ = self.llm(inputs_embeds=sp["inputs_embeds"], positions=sp["positions"], attention_mask=mask,
-                             right_padded=True)
-        return logits, sp
+        hidden, _ = self.llm.hidden_states(inputs_embeds=sp["inputs_embeds"], positions=sp["positions"],
+                                           attention_mask=mask, right_padded=True)
+        return hidden, sp
+
+    def __call__(self, input_ids: jax.Array, frames: jax.Array | None = None, *,
+                 attention_mask: jax.Array | None = None, labels: jax.Array | None = None,
+                 geometry_tokens: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Same inputs as :meth:`hidden_states` -> (logits [B, L, vocab] over the spliced sequence,
+        the spliced batch dict incl. ``labels``)."""
+        hidden, sp = self.hidden_states(input_ids, frames, attention_mask=attention_mask, labels=labels,
+                                        geometry_tokens=geometry_tokens)
+        return constrain(self.llm.head(hidden), ("batch", "length", "act_vocab")), sp
 
 
 _ABSTRACT: dict[VLM3RConfig, VLM3R] = {}

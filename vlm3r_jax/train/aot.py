@@ -171,6 +171,11 @@ def register_model_builder(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return deco
 
 
+def builder_names() -> list[str]:
+    """Every model builder a config may name: registered ones and those imported on first use."""
+    return sorted(set(MODEL_BUILDERS) | set(_BUILDER_MODULES))
+
+
 def get_model_builder(name: str) -> ModelBuilder:
     """A registered name, or ``package.module:function`` (imported, so it may also register)."""
     if ":" in name:
@@ -179,7 +184,7 @@ def get_model_builder(name: str) -> ModelBuilder:
     if name in _BUILDER_MODULES and name not in MODEL_BUILDERS:
         importlib.import_module(_BUILDER_MODULES[name])
     if name not in MODEL_BUILDERS:
-        raise ValueError(f"unknown model builder {name!r}; registered: {sorted(set(MODEL_BUILDERS) | set(_BUILDER_MODULES))} "
+        raise ValueError(f"unknown model builder {name!r}; registered: {builder_names()} "
                          "(or give 'package.module:function')")
     return MODEL_BUILDERS[name]
 
@@ -222,7 +227,7 @@ def build_qwen2_lora(cfg: ml_collections.ConfigDict) -> ModelSpec:
     batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in ("input_ids", "labels")}
     rank = lc.rank if cfg.train.get("train_lora", True) else 0
     return ModelSpec(factory, loss_fn, batch, qwen2_train_flops_per_token(mc, t, rank),
-                     extras={"builder": "qwen2_lora", "seq_len": t, "remat": "none",
+                     extras={"builder": "qwen2_lora", "seq_len": t, "remat": mc.remat,
                              "attention": lambda: resolve_implementation(mc.attention_impl)})
 
 
@@ -347,13 +352,13 @@ def prepare_train_step(cfg: ml_collections.ConfigDict, devices: Sequence[Any], n
     if not builder:
         raise ValueError("this config has no model.builder, so there is no train step to compile; use "
                          "configs/vlm3r_7b.py or a configs/*_aot.py, or set --config.model.builder to one of "
-                         f"{sorted(set(MODEL_BUILDERS) | set(_BUILDER_MODULES))}")
+                         f"{builder_names()}")
     if "train" not in cfg or "optim" not in cfg:
         raise ValueError("the config needs train and optim sections (see configs/vlm3r_7b.py)")
     accum = int(cfg.train.get("grad_accum_steps", 1))
     if "data" in cfg and not cfg.data.get("global_batch", 0):
         cfg.data.global_batch = len(devices) * accum  # one row per device per micro-batch
-    dcn = int(cfg.mesh.get("dcn_data", 1) or 1) * int(cfg.mesh.get("dcn_fsdp", 1) or 1)
+    dcn = math.prod(sharding.dcn_from_config(cfg.mesh).values())
     if num_slices > 1 and dcn == 1:
         cfg.mesh.dcn_data = num_slices  # data parallel across slices, as MaxText does by default
     elif dcn != num_slices:

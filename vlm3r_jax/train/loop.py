@@ -148,8 +148,8 @@ def train(
             tqdm.write(f"resumed from {ckpt.directory} at step {start}", file=sys.stderr)
 
     accum = int(tc.get("grad_accum_steps", 1))
-    step = make_train_step(graphdef, tx, loss_fn, schedule)
-    step_fns: dict[Any, Any] = {}  # batch shardings -> jitted step (one entry unless shapes vary)
+    # the batch keeps the sharding global_batch committed it to (batch axis over the data axes)
+    step_fn = jit_train_step(make_train_step(graphdef, tx, loss_fn, schedule), state_sh, frozen_sh)
     log_every = max(int(tc.get("log_every", 1)), 1)
     eval_every = int(tc.get("eval_every", 0) or 0) if eval_hook is not None else 0
     lead = distributed.is_lead_process()
@@ -177,15 +177,11 @@ def train(
                 if check_batch is not None:
                     check_batch(host)
                 batch = distributed.global_batch(_to_micro(host, accum), mesh, rules, batch_axis=1, strict=True)
-                batch_sh = jax.tree_util.tree_map(lambda x: x.sharding, batch)
-                key = tuple(jax.tree_util.tree_leaves(batch_sh))
-                if key not in step_fns:
-                    step_fns[key] = jit_train_step(step, state_sh, frozen_sh, batch_sh)
                 t1 = time.perf_counter()
-                state, metrics = step_fns[key](state, frozen, batch)  # dispatched; not waited for
+                state, metrics = step_fn(state, frozen, batch)  # dispatched; not waited for
                 window.add(i + 1, metrics, t1 - t0,
                            flops=flops_per_step(host) if flops_per_step is not None and peak_flops else None,
-                           seq_tokens=_seq_tokens(host))
+                           seq_tokens=_seq_tokens(host) if flops_per_token else None)
                 evals = bool(eval_every) and (i + 1) % eval_every == 0
                 logs = (i + 1) % log_every == 0 or i + 1 == tc.steps
                 if evals or logs or ckpt.should_save(i + 1):

@@ -78,12 +78,16 @@ def with_remat(vcfg: VLM3RConfig, model: VLM3R, m: ml_collections.ConfigDict) ->
     return dataclasses.replace(vcfg, llm=llm, vision=vision)
 
 
+def _trainable(cfg: ml_collections.ConfigDict) -> Any:
+    """The nnx filter of what trains: ``cfg.train.trainable`` plus, with ``train_lora``, the adapters."""
+    tc = cfg.get("train") or {}
+    return trainable_filter(list(tc.get("trainable", DEFAULT_TRAINABLE)), include_lora=tc.get("train_lora", True))
+
+
 def param_dtypes(cfg: ml_collections.ConfigDict) -> DtypeOf:
     """The run's dtype policy (``cfg.dtypes``) per parameter: what ``cfg.train.trainable`` and the
     LoRA adapters select is stored in ``param_dtype``, everything else in ``frozen_dtype``."""
-    tc = cfg.get("train") or {}
-    keep = trainable_filter(list(tc.get("trainable", DEFAULT_TRAINABLE)), include_lora=tc.get("train_lora", True))
-    return DtypePolicy.from_config(cfg.get("dtypes")).dtype_of(keep)
+    return DtypePolicy.from_config(cfg.get("dtypes")).dtype_of(_trainable(cfg))
 
 
 def build_model(cfg: ml_collections.ConfigDict) -> tuple[VLM3RConfig, VLM3R, QwenTokenizer]:
@@ -153,11 +157,8 @@ def vlm3r_loss(model: VLM3R, batch: dict, max_labels: int = 0) -> tuple[jax.Arra
     """Train-step loss: next-token cross-entropy on answer tokens (labels != -100). The LM head
     runs only at the (at most ``max_labels`` per row, 0 = every) labelled positions, so the step
     never builds [B, L, vocab] logits (``train.max_label_tokens``)."""
-    sp = model.embed_prompt(batch["input_ids"], batch.get("frames"), attention_mask=batch.get("attention_mask"),
-                            labels=batch["labels"], geometry_tokens=batch.get("geometry_tokens"))
-    mask = None if batch.get("attention_mask") is None else sp["attention_mask"]
-    hidden, _ = model.llm.hidden_states(inputs_embeds=sp["inputs_embeds"], positions=sp["positions"],
-                                        attention_mask=mask)
+    hidden, sp = model.hidden_states(batch["input_ids"], batch.get("frames"), attention_mask=batch.get("attention_mask"),
+                                     labels=batch["labels"], geometry_tokens=batch.get("geometry_tokens"))
     return answer_token_xent(hidden, sp["labels"], model.llm.head, max_labels)
 
 
@@ -165,10 +166,8 @@ def step_flops(cfg: ml_collections.ConfigDict, vcfg: VLM3RConfig, model: VLM3R, 
                geometry_online: bool = True) -> float:
     """Model FLOPs of one train step per row at spliced length ``seq_len`` (train/flops.py: 6N
     trainable, 4N frozen with a gradient through it, 2N forward-only, plus attention)."""
-    tc = cfg.train
-    keep = trainable_filter(list(tc.get("trainable", DEFAULT_TRAINABLE)), include_lora=tc.get("train_lora", True))
-    return step_flops_per_row(vlm3r_parts(vcfg, nnx.state(model), keep, int(cfg.data.num_frames), seq_len,
-                                          int(tc.get("max_label_tokens", 0)), geometry_online))
+    return step_flops_per_row(vlm3r_parts(vcfg, nnx.state(model), _trainable(cfg), int(cfg.data.num_frames), seq_len,
+                                          int(cfg.train.get("max_label_tokens", 0)), geometry_online))
 
 
 # What a shell reports for a process killed by SIGTERM. A run stopped by SIGTERM (preemption) exits with it
